@@ -1,0 +1,182 @@
+//! Settings: built-in defaults, then a TOML file, then `PROGIMAGE_*` environment
+//! variables, then command-line flags, later ones winning.
+//!
+//! `settings/default.toml` documents every key and holds exactly the built-in defaults
+//! (a unit test keeps the two equal), so `progimage serve` needs no file at all.
+//! Environment variables and flags are declared together in `main.rs` with clap's
+//! `env` support, which gives "flag beats variable"; [`Overrides`] then beats the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Everything the service can be configured with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Where images live: a plain path, `file:///abs/path` or `memory://`.
+    pub store: String,
+    /// Base URL used in `Location` headers and JSON `url` fields, for deployments
+    /// behind a proxy that does not send `X-Forwarded-*`. Empty: derive from the request.
+    pub public_url: String,
+    /// How many decode/resize/encode jobs run at once; 0 means one per CPU core.
+    pub transform_workers: usize,
+    /// Limits against abuse.
+    pub limits: Limits,
+}
+
+/// Limits that protect the service from oversized or hostile input.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted upload body, in bytes (413 beyond it).
+    pub max_upload_bytes: u64,
+    /// Largest accepted image, in pixels (width x height) as its header claims (413).
+    pub max_input_pixels: u64,
+    /// Seconds a client has to send its request headers before the connection closes.
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5070)),
+            store: "./data".to_string(),
+            public_url: String::new(),
+            transform_workers: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            max_input_pixels: 50_000_000,
+            header_read_timeout_secs: 30,
+        }
+    }
+}
+
+/// Values from the environment or the command line, applied over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub store: Option<String>,
+    pub public_url: Option<String>,
+    pub transform_workers: Option<usize>,
+    pub max_upload_bytes: Option<u64>,
+    pub max_input_pixels: Option<u64>,
+}
+
+impl Settings {
+    /// Reads the file if one is given, then applies the overrides.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        settings.apply(overrides);
+        Ok(settings)
+    }
+
+    /// Parses a TOML settings file; unknown keys are an error, missing keys default.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::bad_request(
+                "config_unreadable",
+                format!("cannot read {}: {err}", path.display()),
+            )
+        })?;
+        toml::from_str(&text).map_err(|err| {
+            Error::bad_request(
+                "config_invalid",
+                format!("invalid settings in {}: {err}", path.display()),
+            )
+        })
+    }
+
+    fn apply(&mut self, overrides: Overrides) {
+        let Overrides {
+            listen,
+            store,
+            public_url,
+            transform_workers,
+            max_upload_bytes,
+            max_input_pixels,
+        } = overrides;
+        if let Some(value) = listen {
+            self.listen = value;
+        }
+        if let Some(value) = store {
+            self.store = value;
+        }
+        if let Some(value) = public_url {
+            self.public_url = value;
+        }
+        if let Some(value) = transform_workers {
+            self.transform_workers = value;
+        }
+        if let Some(value) = max_upload_bytes {
+            self.limits.max_upload_bytes = value;
+        }
+        if let Some(value) = max_input_pixels {
+            self.limits.max_input_pixels = value;
+        }
+    }
+
+    /// The number of transform jobs allowed to run at once.
+    pub fn effective_workers(&self) -> usize {
+        match self.transform_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_file_matches_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("settings/default.toml");
+        assert_eq!(Settings::from_file(&path).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "store = \"/from/file\"\n[limits]\nmax_upload_bytes = 10\n",
+        )
+        .unwrap();
+        let settings = Settings::load(
+            Some(&path),
+            Overrides {
+                store: Some("memory://".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.store, "memory://");
+        assert_eq!(settings.limits.max_upload_bytes, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "listn = \"1.2.3.4:5\"\n").unwrap();
+        let err = Settings::from_file(&path).unwrap_err();
+        assert!(err.message.contains("listn"), "{err}");
+    }
+}

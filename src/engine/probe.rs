@@ -1,0 +1,205 @@
+//! Probing: what an image is, from its header alone, before any pixel memory exists.
+//!
+//! An upload is accepted or refused here: the format from magic bytes (415 if none),
+//! the dimensions from the header (422 if unreadable or zero, 413 if over the pixel
+//! limit), and for JPEG and PNG a structural walk that proves the file is complete.
+//! The walk matters because JPEG decoders pad a truncated scan with grey and report
+//! success; a store must not keep, or serve, such a file as if it were whole.
+
+use std::io::Cursor;
+
+use crate::config::Limits;
+use crate::engine::Format;
+use crate::error::{Error, Result};
+
+/// What the header says about an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Identifies and checks an image without decoding its pixels.
+pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
+    let format = Format::sniff(bytes).ok_or_else(|| {
+        Error::unsupported(
+            "not an image the engine reads: expected JPEG, PNG, GIF, WebP, BMP or TIFF bytes",
+        )
+    })?;
+    // Some decoders refuse absurd sizes with a generic error; check the claim first
+    // so that a bomb is reported as what it is.
+    if let Some(claimed) = claimed_dimensions(format, bytes) {
+        check_pixels(claimed, limits)?;
+    }
+    let (width, height) =
+        image::ImageReader::with_format(Cursor::new(bytes), format.to_image_format())
+            .into_dimensions()
+            .map_err(|err| {
+                Error::undecodable(format!("cannot read this {format} header: {err}"))
+            })?;
+    if width == 0 || height == 0 {
+        return Err(Error::undecodable(format!(
+            "this {format} claims a size of {width}x{height}: an image needs at least one pixel"
+        )));
+    }
+    check_pixels((width, height), limits)?;
+    let complete = match format {
+        Format::Jpeg => jpeg_reaches_end_of_image(bytes),
+        Format::Png => png_reaches_iend(bytes),
+        _ => true,
+    };
+    if !complete {
+        return Err(Error::undecodable(format!(
+            "this {format} is truncated: its data stops before the end-of-image marker"
+        )));
+    }
+    Ok(Probe {
+        format,
+        width,
+        height,
+    })
+}
+
+fn check_pixels((width, height): (u32, u32), limits: &Limits) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_input_pixels {
+        return Err(Error::too_large(
+            "max_input_pixels",
+            format!(
+                "the image claims {width}x{height} ({pixels} pixels), over max_input_pixels ({})",
+                limits.max_input_pixels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The size a header claims, read at fixed offsets, for the formats where that is
+/// trivial: PNG's IHDR, GIF's logical screen, BMP's info header.
+fn claimed_dimensions(format: Format, bytes: &[u8]) -> Option<(u32, u32)> {
+    let u16_le = |at: usize| {
+        Some(u32::from(u16::from_le_bytes(
+            bytes.get(at..at + 2)?.try_into().ok()?,
+        )))
+    };
+    let u32_be = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let i32_le = |at: usize| {
+        Some(i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?).unsigned_abs())
+    };
+    match format {
+        Format::Png => Some((u32_be(16)?, u32_be(20)?)),
+        Format::Gif => Some((u16_le(6)?, u16_le(8)?)),
+        // A 12-byte BITMAPCOREHEADER has 16-bit sides; every later header 32-bit ones.
+        Format::Bmp if u16_le(14)? == 12 => Some((u16_le(18)?, u16_le(20)?)),
+        Format::Bmp => Some((i32_le(18)?, i32_le(22)?)),
+        _ => None,
+    }
+}
+
+/// Walks JPEG marker segments and entropy-coded scans until the EOI marker.
+///
+/// Bytes after EOI (camera trailers, the video of a motion photo, the second frame of
+/// an MPO) are allowed, and junk between segments is skipped as libjpeg does.
+fn jpeg_reaches_end_of_image(bytes: &[u8]) -> bool {
+    let mut at = 2; // after SOI
+    while at + 1 < bytes.len() {
+        if bytes[at] != 0xFF {
+            at += 1; // junk between segments: resynchronise on the next 0xFF
+            continue;
+        }
+        let marker = bytes[at + 1];
+        match marker {
+            0xD9 => return true,
+            0xFF => at += 1,               // fill byte
+            0x01 | 0xD0..=0xD7 => at += 2, // markers without a length
+            0xDA => match skip_scan(bytes, at) {
+                Some(next) => at = next,
+                None => return false,
+            },
+            _ => match segment_length(bytes, at) {
+                Some(length) => at += 2 + length,
+                None => return false,
+            },
+        }
+    }
+    false
+}
+
+/// The length field of the segment whose marker starts at `at`.
+fn segment_length(bytes: &[u8], at: usize) -> Option<usize> {
+    let high = *bytes.get(at + 2)?;
+    let low = *bytes.get(at + 3)?;
+    Some(usize::from(u16::from_be_bytes([high, low])))
+}
+
+/// Skips an SOS header and its entropy-coded data, returning the offset of the next
+/// real marker (0xFF followed by anything but a stuffed 0x00 or a restart marker).
+fn skip_scan(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut at = at + 2 + segment_length(bytes, at)?;
+    loop {
+        let ff = at + bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        match *bytes.get(ff + 1)? {
+            0x00 | 0xD0..=0xD7 | 0xFF => at = ff + 1,
+            _ => return Some(ff),
+        }
+    }
+}
+
+/// Walks PNG chunks until IEND; a chunk that runs past the end means truncation.
+fn png_reaches_iend(bytes: &[u8]) -> bool {
+    let mut at = 8; // after the signature
+    while let Some(header) = bytes.get(at..at + 8) {
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if &header[4..8] == b"IEND" {
+            return true;
+        }
+        at = match at.checked_add(12 + length) {
+            Some(next) => next,
+            None => return false,
+        };
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        let img = image::DynamicImage::new_rgb8(64, 48);
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn whole_files_pass_and_truncated_ones_fail() {
+        for format in [image::ImageFormat::Jpeg, image::ImageFormat::Png] {
+            let bytes = encoded(format);
+            let probe = probe(&bytes, &Limits::default()).unwrap();
+            assert_eq!((probe.width, probe.height), (64, 48));
+            let cut = &bytes[..bytes.len() - 20];
+            let err = super::probe(cut, &Limits::default()).unwrap_err();
+            assert_eq!(err.code, "undecodable_image", "{format:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_jpeg_eoi_are_allowed() {
+        let mut bytes = encoded(image::ImageFormat::Jpeg);
+        bytes.extend_from_slice(b"....ftypmp42 a motion photo's video");
+        assert!(probe(&bytes, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        let bytes = encoded(image::ImageFormat::Png);
+        let limits = Limits {
+            max_input_pixels: 1000,
+            ..Limits::default()
+        };
+        let err = probe(&bytes, &limits).unwrap_err();
+        assert_eq!(err.code, "max_input_pixels");
+    }
+}

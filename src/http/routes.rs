@@ -1,0 +1,150 @@
+//! Routing: a method and a path to a [`Route`], or a 404/405.
+//!
+//! ```text
+//! POST        /  and  /images/                upload (multipart or raw image body)
+//! GET, HEAD   /images/<id>/                   the original bytes
+//! GET, HEAD   /images/<id>.<jpg|png|webp|gif> the original converted (a cached transform)
+//! GET, HEAD   /images/<id>/meta/              the JSON sidecar
+//! GET, HEAD   /images/<id>/<transform>/       a transform, parameters in the query
+//! POST        /on_demand/<transform>/         a transform of the body; nothing stored
+//! ```
+//!
+//! Trailing slashes are optional. Path parameters are validated here (the id must be a
+//! SHA-1) so handlers receive typed values.
+
+use hyper::Method;
+
+use crate::engine::Format;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::ImageId;
+
+/// A request's destination, with its path parameters parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Upload,
+    Original(ImageId),
+    Converted(ImageId, Format),
+    Meta(ImageId),
+    Transform(ImageId, String),
+    OnDemand(String),
+}
+
+/// Methods allowed on the resources that can be read.
+const READ: &str = "GET, HEAD";
+const WRITE: &str = "POST";
+
+impl Route {
+    /// Resolves `method` and `path`. A known path with the wrong method is a 405 whose
+    /// message is the `Allow` header value.
+    pub fn resolve(method: &Method, path: &str) -> Result<Self> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (route, allow) = match segments.as_slice() {
+            [""] | ["images"] => (Route::Upload, WRITE),
+            ["images", image] => (Self::image(image)?, READ),
+            ["images", id, "meta"] => (Route::Meta(ImageId::parse(id)?), READ),
+            ["images", id, name] => (
+                Route::Transform(ImageId::parse(id)?, name.to_string()),
+                READ,
+            ),
+            ["on_demand", name] => (Route::OnDemand(name.to_string()), WRITE),
+            _ => {
+                return Err(Error::not_found(
+                    "route_not_found",
+                    format!("no route for {path}"),
+                ))
+            }
+        };
+        let allowed = match allow {
+            READ => method == Method::GET || method == Method::HEAD,
+            _ => method == Method::POST,
+        };
+        if allowed {
+            Ok(route)
+        } else {
+            Err(Error::new(
+                ErrorKind::MethodNotAllowed,
+                "method_not_allowed",
+                allow,
+            ))
+        }
+    }
+
+    /// `<id>` or `<id>.<ext>`.
+    fn image(segment: &str) -> Result<Self> {
+        match segment.split_once('.') {
+            None => Ok(Route::Original(ImageId::parse(segment)?)),
+            Some((id, extension)) => {
+                let format = Format::from_name(extension).filter(|f| f.is_writable()).ok_or_else(|| {
+                    Error::not_found(
+                        "route_not_found",
+                        format!("images can be converted to .jpg, .png, .webp or .gif, not .{extension}"),
+                    )
+                })?;
+                Ok(Route::Converted(ImageId::parse(id)?, format))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn resolves_every_route() {
+        let id = ImageId::parse(ID).unwrap();
+        let get = |path: &str| Route::resolve(&Method::GET, path);
+        assert_eq!(Route::resolve(&Method::POST, "/").unwrap(), Route::Upload);
+        assert_eq!(
+            Route::resolve(&Method::POST, "/images/").unwrap(),
+            Route::Upload
+        );
+        assert_eq!(
+            get(&format!("/images/{ID}/")).unwrap(),
+            Route::Original(id.clone())
+        );
+        assert_eq!(
+            get(&format!("/images/{ID}")).unwrap(),
+            Route::Original(id.clone())
+        );
+        assert_eq!(
+            get(&format!("/images/{ID}.jpg")).unwrap(),
+            Route::Converted(id.clone(), Format::Jpeg)
+        );
+        assert_eq!(
+            get(&format!("/images/{ID}/meta/")).unwrap(),
+            Route::Meta(id.clone())
+        );
+        assert_eq!(
+            get(&format!("/images/{ID}/thumbnail/")).unwrap(),
+            Route::Transform(id, "thumbnail".into())
+        );
+        assert_eq!(
+            Route::resolve(&Method::POST, "/on_demand/ascii/").unwrap(),
+            Route::OnDemand("ascii".into())
+        );
+    }
+
+    #[test]
+    fn wrong_methods_and_paths_are_refused() {
+        let err = Route::resolve(&Method::DELETE, &format!("/images/{ID}/")).unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (ErrorKind::MethodNotAllowed, "GET, HEAD")
+        );
+        assert_eq!(
+            Route::resolve(&Method::GET, "/nope/a/b/c")
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            Route::resolve(&Method::GET, "/images/xyz/")
+                .unwrap_err()
+                .kind,
+            ErrorKind::BadRequest
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! progimage: a database-free, content-addressed image store and transformer.
+//!
+//! An uploaded image is named by the SHA-1 of its bytes and kept in an
+//! [`object_store`] backend next to a small JSON sidecar. Transforms are computed
+//! lazily on the first request and cached as sibling objects, so the store alone is
+//! the truth: everything can be listed, inspected and rebuilt from it.
+//!
+//! # A map of the crate
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! request ──> http ──> service ──┬──> engine   (bytes in, bytes out; knows pixels)
+//!                                └──> store    (objects in, objects out; knows keys)
+//! ```
+//!
+//! - [`config`]: settings from `settings/*.toml`, then `PROGIMAGE_*` variables, then flags.
+//! - [`http`]: the hyper server: routing, upload parsing, conditional and range
+//!   responses, JSON errors. It knows the [`service`] but nothing of object_store.
+//! - [`service`]: the one place that knows both the store and the engine: upload
+//!   (hash, validate, put-if-absent, sidecar), fetch, and transforms with the cache
+//!   and single-flight coalescing.
+//! - [`store`]: the object layout (`<h0>/<h1>/<id>`, `<id>.meta`, `<id>.<transform
+//!   key>`) and the sidecar, as a thin layer over any object_store backend.
+//! - [`engine`]: probing, decoding (with limits and EXIF orientation), the transforms
+//!   (one file each under `engine/ops/`) and encoding. Pure: bytes in, bytes out.
+//! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod service;
+pub mod store;
+
+pub use config::Settings;
+pub use error::{Error, ErrorKind};

@@ -1,0 +1,207 @@
+//! The `progimage` command: parses arguments, then calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use progimage::config::Overrides;
+use progimage::engine::{Engine, Format, TransformSpec};
+use progimage::http::{serve, App};
+use progimage::service::Service;
+use progimage::store::Store;
+use progimage::Settings;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A database-free, content-addressed image store and transformer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (filesystem store in ./data, on 127.0.0.1:5070, by default).
+    Serve(Serve),
+    /// Run one transform on local files, without a server.
+    Transform(Transform),
+}
+
+/// Settings shared by every command; each flag beats its variable, which beats the file.
+#[derive(Args)]
+struct Common {
+    /// A TOML settings file (see settings/default.toml for every key).
+    #[arg(long, env = "PROGIMAGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Largest upload, in bytes.
+    #[arg(long, env = "PROGIMAGE_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
+    /// Largest image, in pixels, as its header claims.
+    #[arg(long, env = "PROGIMAGE_MAX_INPUT_PIXELS")]
+    max_input_pixels: Option<u64>,
+}
+
+#[derive(Args)]
+struct Serve {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on.
+    #[arg(long, env = "PROGIMAGE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Store URL: a path, file:///abs/path or memory://.
+    #[arg(long, env = "PROGIMAGE_STORE")]
+    store: Option<String>,
+    /// Base URL for Location headers, when behind a proxy.
+    #[arg(long, env = "PROGIMAGE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Transform jobs at once (0: one per core).
+    #[arg(long, env = "PROGIMAGE_TRANSFORM_WORKERS")]
+    transform_workers: Option<usize>,
+}
+
+#[derive(Args)]
+struct Transform {
+    #[command(flatten)]
+    common: Common,
+    /// The transform: thumbnail, ascii, convert.
+    name: String,
+    /// The image to read.
+    input: PathBuf,
+    /// Where to write the result; its extension picks the format unless format= is given.
+    output: PathBuf,
+    /// A parameter as key=value, e.g. --param size=64; may be repeated.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+impl Common {
+    fn settings(&self, overrides: Overrides) -> Result<Settings, progimage::Error> {
+        Settings::load(
+            self.config.as_deref(),
+            Overrides {
+                max_upload_bytes: self.max_upload_bytes,
+                max_input_pixels: self.max_input_pixels,
+                ..overrides
+            },
+        )
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve(args) => run_serve(args),
+        Command::Transform(args) => run_transform(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("progimage: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(args: Serve) -> Result<(), String> {
+    let settings = args
+        .common
+        .settings(Overrides {
+            listen: args.listen,
+            store: args.store,
+            public_url: args.public_url,
+            transform_workers: args.transform_workers,
+            ..Overrides::default()
+        })
+        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let store = Store::open(&settings.store).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        tracing::info!(
+            listen = %listener.local_addr().map_err(|e| e.to_string())?,
+            store = %settings.store,
+            "progimage is serving"
+        );
+        let app = Arc::new(App::new(&settings, Service::new(&settings, store)));
+        serve(listener, app, &settings, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn run_transform(args: Transform) -> Result<(), String> {
+    let settings = args
+        .common
+        .settings(Overrides::default())
+        .map_err(|e| e.to_string())?;
+    let mut query = Vec::new();
+    for param in &args.params {
+        let (key, value) = param
+            .split_once('=')
+            .ok_or_else(|| format!("--param takes key=value, not '{param}'"))?;
+        query.push((key.to_string(), value.to_string()));
+    }
+    let output_format = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(Format::from_name)
+        .filter(|f| f.is_writable());
+    let wants_image = progimage::engine::ops::find(&args.name)
+        .map(|d| d.produces == progimage::engine::ops::Produces::Image)
+        .unwrap_or(false);
+    if let Some(format) =
+        output_format.filter(|_| wants_image && !query.iter().any(|(k, _)| k == "format"))
+    {
+        query.push(("format".to_string(), format.name().to_string()));
+    }
+    let spec = TransformSpec::parse(&args.name, &query).map_err(|e| e.to_string())?;
+    let input = std::fs::read(&args.input)
+        .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
+    let rendered = Engine::new(settings.limits)
+        .render(&input, &spec)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&args.output, &rendered.bytes)
+        .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
+    eprintln!(
+        "wrote {} ({}, {} bytes)",
+        args.output.display(),
+        rendered.content_type,
+        rendered.bytes.len()
+    );
+    Ok(())
+}

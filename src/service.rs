@@ -1,0 +1,483 @@
+//! The image service: the one place that knows both the store and the engine.
+//!
+//! - Upload: the bytes arrive through an [`IncomingImage`], which hashes them as they
+//!   stream in and enforces the size limit; the header is probed (format, size,
+//!   completeness); the blob is written create-if-absent, then its sidecar. The blob
+//!   comes first so that a sidecar never points at nothing.
+//! - Fetch: originals and cached transforms stream straight from the store.
+//! - Transform: the cache key is looked up first; on a miss, concurrent requests for
+//!   the same key share one computation (single-flight), which runs on the blocking
+//!   pool behind a semaphore so CPU work can never starve cache hits.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::stream;
+use futures::StreamExt;
+use object_store::path::Path;
+use sha1::{Digest, Sha1};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::config::Settings;
+use crate::engine::{Engine, Format, Rendered, TransformSpec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{ImageId, ObjectStream, Put, Sidecar, Store};
+
+/// Where a transform response came from, reported to clients in `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Read from the store: computed earlier.
+    Hit,
+    /// Computed by this request and stored.
+    Miss,
+    /// Computed by a concurrent request for the same key, which this one waited for.
+    Coalesced,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Coalesced => "COALESCED",
+        }
+    }
+}
+
+/// A byte range as a client asks for it, before the object's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=first-last`, inclusive.
+    FromTo(u64, u64),
+    /// `bytes=first-`.
+    From(u64),
+    /// `bytes=-length`: the last `length` bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The half-open range within an object of `size` bytes, or `None` when it lies
+    /// entirely outside (416).
+    pub fn resolve(self, size: u64) -> Option<Range<u64>> {
+        let range = match self {
+            ByteRange::FromTo(first, last) => first..last.saturating_add(1).min(size),
+            ByteRange::From(first) => first..size,
+            ByteRange::Suffix(length) => size.saturating_sub(length)..size,
+        };
+        (range.start < range.end).then_some(range)
+    }
+}
+
+/// An object on its way to a client.
+pub struct Fetched {
+    pub content_type: String,
+    /// Unquoted entity tag: the id for originals, `<id>.<key>` for transforms.
+    pub etag: String,
+    pub object: ObjectStream,
+    /// `None` for originals and metadata, which are not transforms.
+    pub cache: Option<CacheStatus>,
+}
+
+/// An upload received in full: its id, bytes and the form's optional fields.
+#[derive(Debug)]
+pub struct Upload {
+    pub id: ImageId,
+    pub bytes: Bytes,
+    pub file_name: Option<String>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+}
+
+/// Upload bytes as they stream in: hashed chunk by chunk and held once, up to a limit.
+pub struct IncomingImage {
+    hasher: Sha1,
+    buffer: Vec<u8>,
+    limit: u64,
+}
+
+impl IncomingImage {
+    /// `expected` is the declared length, if any, used only to size the buffer.
+    pub fn new(limit: u64, expected: Option<u64>) -> Result<Self> {
+        if let Some(length) = expected.filter(|&length| length > limit) {
+            return Err(upload_too_large(limit, Some(length)));
+        }
+        let capacity = expected.unwrap_or(0).min(limit) as usize;
+        Ok(Self {
+            hasher: Sha1::new(),
+            buffer: Vec::with_capacity(capacity),
+            limit,
+        })
+    }
+
+    /// Adds a chunk; fails with 413 as soon as the total passes the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        if (self.buffer.len() + chunk.len()) as u64 > self.limit {
+            return Err(upload_too_large(self.limit, None));
+        }
+        self.hasher.update(chunk);
+        self.buffer.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The most bytes this upload may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// The id (SHA-1 of everything pushed) and the bytes.
+    pub fn finish(self) -> (ImageId, Bytes) {
+        (
+            ImageId::from_digest(&self.hasher.finalize()),
+            self.buffer.into(),
+        )
+    }
+}
+
+fn upload_too_large(limit: u64, length: Option<u64>) -> Error {
+    let size = length.map_or_else(
+        || "the body".to_string(),
+        |l| format!("the body ({l} bytes)"),
+    );
+    Error::too_large(
+        "max_upload_bytes",
+        format!("{size} is over max_upload_bytes ({limit} bytes)"),
+    )
+}
+
+type Flight = Arc<OnceCell<Result<(Bytes, CacheStatus)>>>;
+
+/// The service. Cheap to share behind an `Arc`.
+pub struct Service {
+    store: Store,
+    engine: Engine,
+    workers: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<Path, Flight>>,
+    max_upload_bytes: u64,
+}
+
+impl Service {
+    pub fn new(settings: &Settings, store: Store) -> Self {
+        Self {
+            store,
+            engine: Engine::new(settings.limits.clone()),
+            workers: Arc::new(Semaphore::new(settings.effective_workers())),
+            in_flight: Mutex::new(HashMap::new()),
+            max_upload_bytes: settings.limits.max_upload_bytes,
+        }
+    }
+
+    /// A buffer for one upload's bytes, refusing a declared length over the limit.
+    pub fn incoming(&self, declared_length: Option<u64>) -> Result<IncomingImage> {
+        IncomingImage::new(self.max_upload_bytes, declared_length)
+    }
+
+    /// Stores an upload. Returns its sidecar and whether the blob is new (`false`
+    /// when the same bytes were stored before: nothing is written twice).
+    pub async fn upload(&self, upload: Upload) -> Result<(Sidecar, bool)> {
+        let bytes = upload.bytes.clone();
+        let engine = self.engine.clone();
+        let probe = run_blocking(move || engine.probe(&bytes)).await?;
+        let blob = Store::blob_path(&upload.id);
+        let created = match self.store.size(&blob).await? {
+            Some(_) => false,
+            None => {
+                self.store
+                    .put_if_absent(&blob, upload.bytes.clone())
+                    .await?
+                    == Put::Created
+            }
+        };
+        let sidecar = Sidecar {
+            file_name: upload
+                .file_name
+                .unwrap_or_else(|| format!("{}.{}", upload.id, probe.format)),
+            content_type: Some(probe.format.content_type().to_string()),
+            format: Some(probe.format.name().to_string()),
+            width: Some(probe.width),
+            height: Some(probe.height),
+            bytes: Some(upload.bytes.len() as u64),
+            name: upload.name,
+            desc: upload.desc,
+            created: Some(chrono::Utc::now()),
+            other: Default::default(),
+        };
+        match self.store.write_sidecar(&upload.id, &sidecar).await? {
+            Put::Created => Ok((sidecar, created)),
+            // The same bytes were uploaded before: answer with what was stored then.
+            Put::AlreadyThere => Ok((self.sidecar(&upload.id).await?, created)),
+        }
+    }
+
+    /// The sidecar of an image; for a blob without one (a bare filebase), what the
+    /// blob's header says.
+    pub async fn sidecar(&self, id: &ImageId) -> Result<Sidecar> {
+        if let Some(sidecar) = self.store.read_sidecar(id).await? {
+            return Ok(sidecar);
+        }
+        let bytes = self.read_blob(id).await?;
+        let probe = self.engine.probe(&bytes)?;
+        Ok(Sidecar {
+            file_name: format!("{id}.{}", probe.format),
+            content_type: Some(probe.format.content_type().to_string()),
+            format: Some(probe.format.name().to_string()),
+            width: Some(probe.width),
+            height: Some(probe.height),
+            bytes: Some(bytes.len() as u64),
+            ..Sidecar::default()
+        })
+    }
+
+    /// The original bytes, or `range` of them.
+    pub async fn original(&self, id: &ImageId, range: Option<ByteRange>) -> Result<Fetched> {
+        let sidecar = self.store.read_sidecar(id).await?;
+        let path = Store::blob_path(id);
+        let object = self
+            .stream(&path, range)
+            .await?
+            .ok_or_else(|| image_not_found(id))?;
+        let content_type = match sidecar {
+            Some(Sidecar {
+                content_type: Some(content_type),
+                ..
+            }) => content_type,
+            Some(sidecar) => mime_guess::from_path(&sidecar.file_name)
+                .first_or_octet_stream()
+                .to_string(),
+            None => self.source_format(id).await?.content_type().to_string(),
+        };
+        Ok(Fetched {
+            content_type,
+            etag: id.to_string(),
+            object,
+            cache: None,
+        })
+    }
+
+    /// A transform of a stored image: from the cache, or computed once and cached.
+    pub async fn transform(
+        &self,
+        id: &ImageId,
+        spec: &Arc<TransformSpec>,
+        range: Option<ByteRange>,
+    ) -> Result<Fetched> {
+        let key = spec.key(self.source_format(id).await?);
+        let path = Store::derived_path(id, &key);
+        let etag = format!("{id}.{key}");
+        let content_type = crate::engine::content_type_of_key(&key);
+        if let Some(object) = self.stream(&path, range).await? {
+            return Ok(Fetched {
+                content_type,
+                etag,
+                object,
+                cache: Some(CacheStatus::Hit),
+            });
+        }
+        let (bytes, cache) = self.compute_once(id, spec, &path).await?;
+        Ok(Fetched {
+            content_type,
+            etag,
+            object: object_from_bytes(bytes, range)?,
+            cache: Some(cache),
+        })
+    }
+
+    /// Runs a transform on bytes that are not stored, and stores nothing.
+    pub async fn on_demand(&self, bytes: Bytes, spec: TransformSpec) -> Result<Rendered> {
+        let engine = self.engine.clone();
+        self.run_worker(move || engine.render(&bytes, &spec)).await
+    }
+
+    /// Coalesces concurrent computations of one derived object into one.
+    async fn compute_once(
+        &self,
+        id: &ImageId,
+        spec: &Arc<TransformSpec>,
+        path: &Path,
+    ) -> Result<(Bytes, CacheStatus)> {
+        let flight = self
+            .in_flight
+            .lock()
+            .expect("in-flight map lock")
+            .entry(path.clone())
+            .or_default()
+            .clone();
+        let mut led = false;
+        let result = flight
+            .get_or_init(|| {
+                led = true;
+                self.compute(id, spec, path)
+            })
+            .await
+            .clone();
+        {
+            let mut in_flight = self.in_flight.lock().expect("in-flight map lock");
+            if in_flight.get(path).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                in_flight.remove(path);
+            }
+        }
+        let (bytes, status) = result?;
+        Ok((bytes, if led { status } else { CacheStatus::Coalesced }))
+    }
+
+    /// Computes and stores one derived object. Checks the store once more first: the
+    /// previous flight for this key may have finished since our lookup missed.
+    async fn compute(
+        &self,
+        id: &ImageId,
+        spec: &Arc<TransformSpec>,
+        path: &Path,
+    ) -> Result<(Bytes, CacheStatus)> {
+        if let Some(bytes) = self.store.read(path).await? {
+            return Ok((bytes, CacheStatus::Hit));
+        }
+        let source = self.read_blob(id).await?;
+        let engine = self.engine.clone();
+        let spec = Arc::clone(spec);
+        let rendered = self
+            .run_worker(move || engine.render(&source, &spec))
+            .await?;
+        let bytes = Bytes::from(rendered.bytes);
+        match self.store.put_if_absent(path, bytes.clone()).await? {
+            Put::Created => Ok((bytes, CacheStatus::Miss)),
+            // Another writer got there first; serve exactly what it stored.
+            Put::AlreadyThere => match self.store.read(path).await? {
+                Some(stored) => Ok((stored, CacheStatus::Miss)),
+                None => Ok((bytes, CacheStatus::Miss)),
+            },
+        }
+    }
+
+    /// Runs CPU-bound work on the blocking pool, at most `transform_workers` at once.
+    async fn run_worker<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("the worker pool is closed"))?;
+        run_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+    }
+
+    async fn stream(&self, path: &Path, range: Option<ByteRange>) -> Result<Option<ObjectStream>> {
+        let Some(range) = range else {
+            return self.store.stream(path, None).await;
+        };
+        let Some(size) = self.store.size(path).await? else {
+            return Ok(None);
+        };
+        let resolved = range
+            .resolve(size)
+            .ok_or_else(|| range_not_satisfiable(size))?;
+        self.store.stream(path, Some(resolved)).await
+    }
+
+    async fn read_blob(&self, id: &ImageId) -> Result<Bytes> {
+        self.store
+            .read(&Store::blob_path(id))
+            .await?
+            .ok_or_else(|| image_not_found(id))
+    }
+
+    /// The format of a stored original: from its sidecar, else sniffed from its bytes.
+    async fn source_format(&self, id: &ImageId) -> Result<Format> {
+        if let Some(format) = self
+            .store
+            .read_sidecar(id)
+            .await?
+            .and_then(|s| s.format)
+            .and_then(|f| Format::from_name(&f))
+        {
+            return Ok(format);
+        }
+        let head = self.read_blob(id).await?;
+        Format::sniff(&head).ok_or_else(|| {
+            Error::unsupported(format!(
+                "stored image {id} is not in a format the engine reads"
+            ))
+        })
+    }
+}
+
+fn image_not_found(id: &ImageId) -> Error {
+    Error::not_found("image_not_found", format!("there is no image {id}"))
+}
+
+fn range_not_satisfiable(size: u64) -> Error {
+    Error::new(
+        ErrorKind::RangeNotSatisfiable { size },
+        "range_not_satisfiable",
+        format!("the range lies outside the object's {size} bytes"),
+    )
+}
+
+/// Wraps bytes already in memory as an object stream, cut to `range`.
+fn object_from_bytes(bytes: Bytes, range: Option<ByteRange>) -> Result<ObjectStream> {
+    let total_size = bytes.len() as u64;
+    let range = match range {
+        None => 0..total_size,
+        Some(range) => range
+            .resolve(total_size)
+            .ok_or_else(|| range_not_satisfiable(total_size))?,
+    };
+    let body = bytes.slice(range.start as usize..range.end as usize);
+    Ok(ObjectStream {
+        total_size,
+        range,
+        body: stream::once(async move { Ok(body) }).boxed(),
+    })
+}
+
+/// Runs work on tokio's blocking pool. A panic there (a decoder bug tripped by
+/// hostile bytes) becomes a 422 for that image rather than a dead connection.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "image worker panicked");
+            Err(Error::undecodable("the decoder failed on this image"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_against_the_size() {
+        assert_eq!(ByteRange::FromTo(0, 9).resolve(100), Some(0..10));
+        assert_eq!(ByteRange::FromTo(90, 200).resolve(100), Some(90..100));
+        assert_eq!(ByteRange::From(100).resolve(100), None);
+        assert_eq!(ByteRange::Suffix(10).resolve(100), Some(90..100));
+        assert_eq!(ByteRange::Suffix(500).resolve(100), Some(0..100));
+    }
+
+    #[test]
+    fn incoming_images_are_hashed_and_limited() {
+        let mut incoming = IncomingImage::new(5, None).unwrap();
+        incoming.push(b"abc").unwrap();
+        assert_eq!(incoming.push(b"def").unwrap_err().code, "max_upload_bytes");
+        let (id, bytes) = {
+            let mut ok = IncomingImage::new(5, Some(3)).unwrap();
+            ok.push(b"abc").unwrap();
+            ok.finish()
+        };
+        assert_eq!(id.as_str(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(bytes, "abc");
+        assert!(IncomingImage::new(5, Some(6)).is_err());
+    }
+}

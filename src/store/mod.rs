@@ -1,0 +1,252 @@
+//! The object layout, as a thin layer over any [`object_store`] backend.
+//!
+//! The layout is the original ProgImage filebase, so an existing one is served as is:
+//!
+//! ```text
+//! <h0>/<h1>/<id>                    the original bytes, exactly as uploaded
+//! <h0>/<h1>/<id>.meta               the JSON sidecar (see [`Sidecar`])
+//! <h0>/<h1>/<id>.<transform key>    a cached transform (see `engine::TransformSpec::key`)
+//! ```
+//!
+//! `h0` and `h1` are the first two hex digits of the id, which spreads objects over
+//! 256 directories on a filesystem and 256 prefixes in S3.
+//!
+//! Every write here is a create-if-absent put. The backends stage the bytes and publish
+//! them in one step (a temp file then a link on the filesystem, one PUT on S3), so a
+//! reader never sees a half-written object and two writers never clobber each other.
+//! Since a blob and its derived objects are pure functions of the id, "already exists"
+//! is success.
+
+mod sidecar;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+use crate::error::{Error, Result};
+
+pub use sidecar::Sidecar;
+
+/// The id of an image: the lowercase hex SHA-1 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageId(String);
+
+impl ImageId {
+    /// Accepts 40 hex digits in either case; the id is always kept lowercase.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(text.to_ascii_lowercase()))
+        } else {
+            Err(Error::bad_request(
+                "invalid_image_id",
+                format!("'{text}' is not an image id: expected 40 hex digits (a SHA-1)"),
+            ))
+        }
+    }
+
+    /// The id of some bytes already hashed with SHA-1.
+    pub fn from_digest(digest: &[u8]) -> Self {
+        use std::fmt::Write;
+        let hex = digest.iter().fold(String::with_capacity(40), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a create-if-absent put wrote the object or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    AlreadyThere,
+}
+
+/// An object being read: its total size, the byte range being sent, and the bytes.
+pub struct ObjectStream {
+    pub total_size: u64,
+    pub range: Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes>>,
+}
+
+/// The image store: the object layout over one backend.
+#[derive(Debug, Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Store {
+    /// Opens a store from its URL: a plain path or `file:///abs/path` (created if
+    /// missing), or `memory://`.
+    pub fn open(url: &str) -> Result<Self> {
+        let objects: Arc<dyn ObjectStore> = if url == "memory://" || url == "memory:" {
+            Arc::new(InMemory::new())
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            return Err(Error::bad_request(
+                "store_unsupported",
+                format!("the S3 store (s3://{rest}) is not available in this build yet"),
+            ));
+        } else {
+            let dir = url.strip_prefix("file://").unwrap_or(url);
+            if dir.is_empty() || dir.contains("://") {
+                return Err(Error::bad_request(
+                    "store_unsupported",
+                    format!("unknown store URL '{url}': use a path, file:///abs/path or memory://"),
+                ));
+            }
+            std::fs::create_dir_all(dir).map_err(|err| {
+                Error::bad_request("store_unusable", format!("cannot create {dir}: {err}"))
+            })?;
+            Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|err| {
+                Error::bad_request("store_unusable", format!("cannot open {dir}: {err}"))
+            })?)
+        };
+        Ok(Self { objects })
+    }
+
+    /// `<h0>/<h1>/<id>`: the original bytes.
+    pub fn blob_path(id: &ImageId) -> Path {
+        Path::from(format!("{}/{}", Self::shard(id), id))
+    }
+
+    /// `<h0>/<h1>/<id>.meta`: the JSON sidecar.
+    pub fn sidecar_path(id: &ImageId) -> Path {
+        Path::from(format!("{}/{}.meta", Self::shard(id), id))
+    }
+
+    /// `<h0>/<h1>/<id>.<key>`: a cached transform.
+    pub fn derived_path(id: &ImageId, key: &str) -> Path {
+        Path::from(format!("{}/{}.{}", Self::shard(id), id, key))
+    }
+
+    fn shard(id: &ImageId) -> String {
+        let s = id.as_str();
+        format!("{}/{}", &s[0..1], &s[1..2])
+    }
+
+    /// Writes `bytes` at `path` unless something is already there.
+    pub async fn put_if_absent(&self, path: &Path, bytes: Bytes) -> Result<Put> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.objects.put_opts(path, bytes.into(), options).await {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyThere),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The size of the object at `path`, or `None` if there is none.
+    pub async fn size(&self, path: &Path) -> Result<Option<u64>> {
+        match self.objects.head(path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The whole object at `path`, or `None` if there is none.
+    pub async fn read(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.objects.get(path).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Streams the object at `path`, or just `range` of it, or `None` if there is none.
+    /// The caller resolves the range against the size first (see [`Store::size`]).
+    pub async fn stream(
+        &self,
+        path: &Path,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<ObjectStream>> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        match self.objects.get_opts(path, options).await {
+            Ok(result) => Ok(Some(ObjectStream {
+                total_size: result.meta.size,
+                range: result.range.clone(),
+                body: result
+                    .into_stream()
+                    .map(|chunk| chunk.map_err(Error::from))
+                    .boxed(),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The sidecar of `id`, or `None` if there is none.
+    pub async fn read_sidecar(&self, id: &ImageId) -> Result<Option<Sidecar>> {
+        let Some(bytes) = self.read(&Self::sidecar_path(id)).await? else {
+            return Ok(None);
+        };
+        Sidecar::from_json(&bytes).map(Some)
+    }
+
+    /// Writes the sidecar of `id` unless one is there already.
+    pub async fn write_sidecar(&self, id: &ImageId, sidecar: &Sidecar) -> Result<Put> {
+        self.put_if_absent(&Self::sidecar_path(id), sidecar.to_json())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_progimage_filebase() {
+        let id = ImageId::parse("AB12000000000000000000000000000000000000").unwrap();
+        assert_eq!(Store::blob_path(&id).as_ref(), format!("a/b/{id}"));
+        assert_eq!(Store::sidecar_path(&id).as_ref(), format!("a/b/{id}.meta"));
+        assert_eq!(
+            Store::derived_path(&id, "e1.thumbnail(w=1).png").as_ref(),
+            format!("a/b/{id}.e1.thumbnail(w=1).png")
+        );
+    }
+
+    #[test]
+    fn ids_must_be_sha1_hex() {
+        assert!(ImageId::parse("../../etc/passwd").is_err());
+        assert!(ImageId::parse(&"g".repeat(40)).is_err());
+        assert!(ImageId::parse(&"a".repeat(39)).is_err());
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_never_overwrites() {
+        let store = Store::open("memory://").unwrap();
+        let path = Path::from("a/b/c");
+        assert_eq!(
+            store.put_if_absent(&path, "one".into()).await.unwrap(),
+            Put::Created
+        );
+        assert_eq!(
+            store.put_if_absent(&path, "two".into()).await.unwrap(),
+            Put::AlreadyThere
+        );
+        assert_eq!(store.read(&path).await.unwrap().unwrap(), "one");
+    }
+}

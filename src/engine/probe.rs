@@ -88,7 +88,7 @@ fn claimed_dimensions(format: Format, bytes: &[u8]) -> Option<(u32, u32)> {
         Some(i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?).unsigned_abs())
     };
     match format {
-        Format::Png => Some((u32_be(16)?, u32_be(20)?)),
+        Format::Png if bytes.get(12..16)? == b"IHDR" => Some((u32_be(16)?, u32_be(20)?)),
         Format::Gif => Some((u16_le(6)?, u16_le(8)?)),
         // A 12-byte BITMAPCOREHEADER has 16-bit sides; every later header 32-bit ones.
         Format::Bmp if u16_le(14)? == 12 => Some((u16_le(18)?, u16_le(20)?)),

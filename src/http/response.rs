@@ -170,15 +170,25 @@ pub fn requested_range(request: &HeaderMap) -> Option<ByteRange> {
     }
 }
 
-/// Whether `If-None-Match` lists `etag` (weak comparison) or is `*`.
+/// Whether `If-None-Match` lists `etag` (weak comparison) or is `*`. Entity tags are
+/// parsed as quoted strings, since ours may contain commas.
 fn none_match(request: &HeaderMap, etag: &str) -> bool {
     request
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == "*" || tag == etag)
+        .any(|list| list.trim() == "*" || entity_tags(list).any(|tag| tag == etag))
+}
+
+/// The quoted entity tags of an `If-None-Match` list, weakness prefixes dropped.
+fn entity_tags(mut list: &str) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        let start = list.find('"')?;
+        let end = start + 1 + list[start + 1..].find('"')?;
+        let tag = &list[start..=end];
+        list = &list[end + 1..];
+        Some(tag)
+    })
 }
 
 /// Header values built from our own strings; anything unprintable is replaced.
@@ -214,6 +224,10 @@ mod tests {
         assert!(matches("W/\"abc\""));
         assert!(matches("\"x\", \"abc\""));
         assert!(matches("*"));
+        assert!(none_match(
+            &headers(header::IF_NONE_MATCH, "\"a\", W/\"t(w=1,h=2)\""),
+            "\"t(w=1,h=2)\""
+        ));
         assert!(!matches("\"abcd\""));
     }
 }

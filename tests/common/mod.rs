@@ -1,0 +1,230 @@
+//! Shared test support: a real server on an ephemeral port over a real store in a
+//! temporary directory, and generated images whose pixels the tests can predict.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use progimage::http::{serve, App};
+use progimage::service::Service;
+use progimage::store::Store;
+use progimage::Settings;
+use sha1::{Digest, Sha1};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running server and the directory its filesystem store lives in.
+pub struct TestServer {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `configure` has adjusted the default settings.
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Starts a server over an existing directory (to serve a pre-made store).
+    pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings {
+            store: dir.path().to_str().unwrap().to_string(),
+            ..Settings::default()
+        };
+        configure(&mut settings);
+        let store = Store::open(&settings.store).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Arc::new(App::new(&settings, Service::new(&settings, store)));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            serve(listener, app, &settings, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            dir,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Every file in the store, relative to its root, sorted.
+    pub fn stored_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut files);
+        files.sort();
+        files
+    }
+
+    /// The path of an object in the store.
+    pub fn object(&self, key: &str) -> PathBuf {
+        self.dir.path().join(key)
+    }
+
+    /// Uploads raw bytes with an image/* content type and returns the JSON reply.
+    pub async fn upload(&self, bytes: &[u8]) -> serde_json::Value {
+        let response = self
+            .client
+            .post(self.url("/"))
+            .header("content-type", "image/jpeg")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "upload failed: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, files: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(root, &path, files);
+        } else {
+            files.push(
+                path.strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+}
+
+/// The lowercase hex SHA-1 of some bytes: what an id must be.
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `<h0>/<h1>/<id>`.
+pub fn blob_key(id: &str) -> String {
+    format!("{}/{}/{id}", &id[0..1], &id[1..2])
+}
+
+/// A test image: left half red, right half blue, so orientation is visible.
+pub fn halves(width: u32, height: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, _| {
+        if x < width / 2 {
+            Rgb([220, 20, 20])
+        } else {
+            Rgb([20, 20, 220])
+        }
+    }))
+}
+
+/// Deterministic noise, which no encoder can shrink much.
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let image = RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [r, g, b, _] = state.to_le_bytes();
+        Rgb([r, g, b])
+    });
+    encode(&DynamicImage::ImageRgb8(image), ImageFormat::Png)
+}
+
+pub fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    encode(&halves(width, height), ImageFormat::Jpeg)
+}
+
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    encode(&halves(width, height), ImageFormat::Png)
+}
+
+/// A JPEG with an EXIF APP1 segment holding only an Orientation tag.
+pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+    let jpeg = encode(image, ImageFormat::Jpeg);
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\0*\0\0\0\x08"); // big-endian TIFF, first IFD at 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // one value
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]); // value padding
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A fixture file from tests/fixtures.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Decodes a response body as an image.
+pub fn decode(bytes: &[u8]) -> DynamicImage {
+    image::load_from_memory(bytes).expect("response is an image")
+}
+
+/// Whether a pixel is clearly red (as in [`halves`], after lossy compression).
+pub fn is_red(image: &DynamicImage, x: u32, y: u32) -> bool {
+    let [r, _, b] = image.to_rgb8().get_pixel(x, y).0;
+    r > 150 && b < 100
+}
+
+/// Whether a pixel is clearly blue.
+pub fn is_blue(image: &DynamicImage, x: u32, y: u32) -> bool {
+    let [r, _, b] = image.to_rgb8().get_pixel(x, y).0;
+    b > 150 && r < 100
+}

@@ -1,0 +1,336 @@
+//! Bad input: every error is a JSON body with the right status and code, never a
+//! panic, a hang, an HTML page or a 500.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Asserts a JSON error response and returns its message.
+async fn expect_error(response: reqwest::Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+async fn post_raw(
+    server: &TestServer,
+    path: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> reqwest::Response {
+    server
+        .client
+        .post(server.url(path))
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unknown_images_transforms_and_routes_are_404() {
+    let server = TestServer::start().await;
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    expect_error(
+        server.get(&format!("/images/{missing}/")).await,
+        StatusCode::NOT_FOUND,
+        "image_not_found",
+    )
+    .await;
+    expect_error(
+        server.get(&format!("/images/{missing}/meta/")).await,
+        StatusCode::NOT_FOUND,
+        "image_not_found",
+    )
+    .await;
+    expect_error(
+        server.get(&format!("/images/{missing}/thumbnail/")).await,
+        StatusCode::NOT_FOUND,
+        "image_not_found",
+    )
+    .await;
+
+    let bytes = jpeg(10, 10);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+    let message = expect_error(
+        server.get(&format!("/images/{id}/sepia/")).await,
+        StatusCode::NOT_FOUND,
+        "unknown_transform",
+    )
+    .await;
+    assert!(
+        message.contains("thumbnail"),
+        "lists what exists: {message}"
+    );
+    expect_error(
+        server.get(&format!("/images/{id}.exe")).await,
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+    )
+    .await;
+    expect_error(
+        server.get("/no/such/route/here").await,
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+    )
+    .await;
+    expect_error(
+        server.get("/images/not-an-id/").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_image_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405_with_allow() {
+    let server = TestServer::start().await;
+    let id = "0123456789abcdef0123456789abcdef01234567";
+    let response = server
+        .client
+        .delete(server.url(&format!("/images/{id}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    expect_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    let response = server.client.put(server.url("/")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    expect_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    let response = server.get("/on_demand/thumbnail/").await;
+    expect_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_naming_the_parameter() {
+    let server = TestServer::start().await;
+    let bytes = jpeg(10, 10);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+    for (query, code, named) in [
+        ("w=0", "invalid_parameter", "'w'"),
+        ("w=abc", "invalid_parameter", "'w'"),
+        ("w=99999", "invalid_parameter", "'w'"),
+        ("w=10&w=20", "invalid_parameter", "'w'"),
+        ("colour=red", "unknown_parameter", "'colour'"),
+        ("format=bmp", "invalid_parameter", "'format'"),
+        ("q=0", "invalid_parameter", "'q'"),
+        ("q=101", "invalid_parameter", "'q'"),
+    ] {
+        let message = expect_error(
+            server
+                .get(&format!("/images/{id}/thumbnail/?{query}"))
+                .await,
+            StatusCode::BAD_REQUEST,
+            code,
+        )
+        .await;
+        assert!(message.contains(named), "{query}: {message}");
+    }
+    expect_error(
+        server.get(&format!("/images/{id}/ascii/?format=png")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    // On-demand validates parameters before reading the body.
+    let response = post_raw(
+        &server,
+        "/on_demand/thumbnail/?size=-1",
+        "image/jpeg",
+        bytes,
+    )
+    .await;
+    expect_error(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+}
+
+#[tokio::test]
+async fn non_images_are_415() {
+    let server = TestServer::start().await;
+    expect_error(
+        post_raw(
+            &server,
+            "/",
+            "image/jpeg",
+            b"<html>not an image</html>".to_vec(),
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let message = expect_error(
+        post_raw(&server, "/", "text/plain", jpeg(8, 8)).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert!(message.contains("multipart/form-data"), "{message}");
+    expect_error(
+        post_raw(&server, "/on_demand/thumbnail/", "image/png", vec![0; 100]).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_error(
+        post_raw(&server, "/", "image/png", Vec::new()).await,
+        StatusCode::BAD_REQUEST,
+        "empty_body",
+    )
+    .await;
+    assert!(server.stored_files().is_empty());
+}
+
+#[tokio::test]
+async fn truncated_corrupt_and_zero_sized_images_are_422() {
+    let server = TestServer::start().await;
+    let whole = jpeg(300, 200);
+    for (name, bytes) in [
+        ("truncated_jpeg.jpg", fixture("truncated_jpeg.jpg")),
+        ("cut generated jpeg", whole[..whole.len() / 2].to_vec()),
+        ("broken.png", fixture("broken.png")),
+        ("zero_width.gif", fixture("zero_width.gif")),
+    ] {
+        for path in ["/", "/on_demand/thumbnail/"] {
+            let response = post_raw(&server, path, "image/jpeg", bytes.clone()).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{name} at {path}"
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "undecodable_image", "{name}: {body}");
+        }
+    }
+    assert!(
+        server.stored_files().is_empty(),
+        "{:?}",
+        server.stored_files()
+    );
+}
+
+#[tokio::test]
+async fn images_over_the_pixel_limit_are_413_from_the_header() {
+    let server = TestServer::start_with(|s| s.limits.max_input_pixels = 10_000).await;
+    let message = expect_error(
+        post_raw(
+            &server,
+            "/",
+            "image/bmp",
+            fixture("bomb-reallybig-3000000x2000000.bmp"),
+        )
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "max_input_pixels",
+    )
+    .await;
+    assert!(message.contains("3000000x2000000"), "{message}");
+    expect_error(
+        post_raw(&server, "/on_demand/thumbnail/", "image/png", png(101, 100)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "max_input_pixels",
+    )
+    .await;
+    assert_eq!(
+        post_raw(&server, "/", "image/png", png(100, 100))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_upload_limit_are_413() {
+    let server = TestServer::start_with(|s| s.limits.max_upload_bytes = 4096).await;
+    // Streamed past the limit (no Content-Length to refuse up front).
+    let big = noise_png(100, 100);
+    assert!(big.len() > 4096);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    let response = server
+        .client
+        .post(server.url("/"))
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::PAYLOAD_TOO_LARGE, "max_upload_bytes").await;
+
+    let form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(big));
+    let response = server
+        .client
+        .post(server.url("/"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(server.stored_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() {
+    let server = TestServer::start().await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Claims 1 GiB but sends none of it: the answer must come anyway, at once.
+    socket
+        .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: 1073741824\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.unwrap();
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0
+                || answer.windows(4).any(|w| w == b"}}\r\n")
+                || String::from_utf8_lossy(&answer).contains("}}")
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was withheld");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("max_upload_bytes"), "{answer}");
+}
+
+#[tokio::test]
+async fn malformed_multipart_is_400() {
+    let server = TestServer::start().await;
+    let response = post_raw(
+        &server,
+        "/",
+        "multipart/form-data; boundary=XYZ",
+        b"--XYZ\r\nthis is not a part".to_vec(),
+    )
+    .await;
+    expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
+    let response = post_raw(&server, "/", "multipart/form-data", b"no boundary".to_vec()).await;
+    expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
+}

@@ -1,0 +1,321 @@
+//! Transforms over HTTP: sizes and pixels, caching, coalescing, orientation, ASCII art,
+//! on-demand, and the same engine from the command line.
+
+mod common;
+
+use common::*;
+use image::ImageFormat;
+use reqwest::StatusCode;
+
+/// The ASCII ramp, dark to light, as documented.
+const RAMP: &str = "@%#*+=-:. ";
+
+#[tokio::test]
+async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format() {
+    let server = TestServer::start().await;
+    let bytes = jpeg(256, 192);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+
+    let response = server.get(&format!("/images/{id}/thumbnail/")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let thumb = decode(&response.bytes().await.unwrap());
+    assert_eq!((thumb.width(), thumb.height()), (128, 96));
+    assert!(is_red(&thumb, 10, 48) && is_blue(&thumb, 118, 48));
+
+    for (query, expected) in [
+        ("size=64", (64, 48)),
+        ("w=100", (100, 75)),
+        ("h=30", (40, 30)),
+        ("w=200&h=50", (67, 50)),
+    ] {
+        let body = server
+            .get(&format!("/images/{id}/thumbnail/?{query}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        let thumb = decode(&body);
+        assert_eq!((thumb.width(), thumb.height()), expected, "{query}");
+    }
+    let png = server
+        .get(&format!("/images/{id}/thumbnail/?format=png"))
+        .await;
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert_eq!(
+        image::guess_format(&png.bytes().await.unwrap()).unwrap(),
+        ImageFormat::Png
+    );
+}
+
+#[tokio::test]
+async fn transforms_are_cached_as_siblings_under_a_canonical_key() {
+    let server = TestServer::start().await;
+    let bytes = png(100, 100);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+
+    let first = server
+        .get(&format!("/images/{id}/thumbnail/?w=50&h=40"))
+        .await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let first_body = first.bytes().await.unwrap();
+    let reordered = server
+        .get(&format!("/images/{id}/thumbnail/?h=40&w=50"))
+        .await;
+    assert_eq!(reordered.headers()["x-cache"], "HIT");
+    assert_eq!(reordered.bytes().await.unwrap(), first_body);
+
+    let key = format!("{}.e1.thumbnail(w=50,h=40).png", blob_key(&id));
+    assert_eq!(std::fs::read(server.object(&key)).unwrap(), first_body);
+
+    // A cached result is served from the store: replacing the object on disk (which
+    // nothing but a test would do) shows the server does not recompute it.
+    std::fs::write(server.object(&key), b"cached bytes").unwrap();
+    let served = server
+        .get(&format!("/images/{id}/thumbnail/?w=50&h=40"))
+        .await;
+    assert_eq!(served.bytes().await.unwrap(), "cached bytes");
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_new_transform_compute_it_once() {
+    let server = TestServer::start().await;
+    let bytes = jpeg(1600, 1200);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+    let path = format!("/images/{id}/thumbnail/?size=300&q=90");
+    let requests = (0..24).map(|_| {
+        let request = server.client.get(server.url(&path));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let cache = response.headers()["x-cache"].to_str().unwrap().to_string();
+            (cache, response.bytes().await.unwrap())
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    let computed = results.iter().filter(|(cache, _)| cache == "MISS").count();
+    assert_eq!(
+        computed,
+        1,
+        "one computation for {} requests: {:?}",
+        results.len(),
+        results.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    assert!(
+        results.iter().all(|(_, body)| body == &results[0].1),
+        "every response is the same bytes"
+    );
+    let derived: Vec<_> = server
+        .stored_files()
+        .into_iter()
+        .filter(|f| f.contains(".e1."))
+        .collect();
+    assert_eq!(derived.len(), 1, "{derived:?}");
+}
+
+#[tokio::test]
+async fn on_demand_returns_the_transform_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let response = server
+        .client
+        .post(server.url("/on_demand/thumbnail/"))
+        .header("content-type", "image/jpeg")
+        .body(jpeg(256, 192))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = response.bytes().await.unwrap();
+    assert_eq!(image::guess_format(&body).unwrap(), ImageFormat::Jpeg);
+    let thumb = decode(&body);
+    assert_eq!((thumb.width(), thumb.height()), (128, 96));
+
+    let form =
+        reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(png(90, 30)));
+    let response = server
+        .client
+        .post(server.url("/on_demand/ascii/?width=30"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(response.text().await.unwrap().lines().count(), 5);
+
+    assert!(
+        server.stored_files().is_empty(),
+        "{:?}",
+        server.stored_files()
+    );
+}
+
+#[tokio::test]
+async fn exif_orientation_is_applied_before_anything_else() {
+    let server = TestServer::start().await;
+    // Stored sideways: 64x32, red left, blue right; orientation 6 means "rotate 90°
+    // clockwise to display", so upright it is 32x64 with red on top.
+    let bytes = jpeg_with_orientation(&halves(64, 32), 6);
+    let id = sha1_hex(&bytes);
+    let reply = server.upload(&bytes).await;
+    assert_eq!(reply["format"], "jpeg");
+
+    let upright = decode(
+        &server
+            .get(&format!("/images/{id}.png"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    assert_eq!((upright.width(), upright.height()), (32, 64));
+    assert!(is_red(&upright, 16, 8) && is_blue(&upright, 16, 56));
+
+    let thumb = decode(
+        &server
+            .get(&format!("/images/{id}/thumbnail/?size=32"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (thumb.width(), thumb.height()),
+        (16, 32),
+        "size maths happen after rotation"
+    );
+
+    // The output carries no orientation tag, so viewers do not rotate it again.
+    let mut decoder = image::ImageReader::new(std::io::Cursor::new(
+        server
+            .get(&format!("/images/{id}/thumbnail/"))
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+    ))
+    .with_guessed_format()
+    .unwrap()
+    .into_decoder()
+    .unwrap();
+    use image::ImageDecoder;
+    assert_eq!(
+        decoder.orientation().unwrap(),
+        image::metadata::Orientation::NoTransforms
+    );
+
+    // A real camera-style file: 2x1 with orientation 8 is 1x2 upright.
+    let rectangle = fixture("orientation_rectangle.jpg");
+    let response = server
+        .client
+        .post(server.url("/on_demand/convert/?format=png"))
+        .header("content-type", "image/jpeg")
+        .body(rectangle)
+        .send()
+        .await
+        .unwrap();
+    let upright = decode(&response.bytes().await.unwrap());
+    assert_eq!((upright.width(), upright.height()), (1, 2));
+}
+
+#[tokio::test]
+async fn ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters() {
+    let server = TestServer::start().await;
+    let bytes = png(200, 100);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+
+    let response = server.get(&format!("/images/{id}/ascii/")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // 100 columns; 200x100 at 100 columns is 50 rows, halved for the cell aspect: 25.
+    assert_eq!(lines.len(), 25);
+    assert!(lines.iter().all(|l| l.chars().count() == 100));
+    assert!(text.chars().all(|c| c == '\n' || RAMP.contains(c)));
+
+    let narrow = server
+        .get(&format!("/images/{id}/ascii/?width=40"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(narrow.lines().count(), 10);
+    assert!(narrow.lines().all(|l| l.len() == 40));
+
+    // White maps to the light end of the ramp, and to the dark end when inverted.
+    let white = encode(
+        &image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            20,
+            20,
+            image::Rgb([255, 255, 255]),
+        )),
+        ImageFormat::Png,
+    );
+    let white_id = sha1_hex(&white);
+    server.upload(&white).await;
+    let plain = server
+        .get(&format!("/images/{white_id}/ascii/?width=10"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(plain.lines().all(|l| l == "          "), "{plain:?}");
+    let inverted = server
+        .get(&format!("/images/{white_id}/ascii/?width=10&invert=true"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(inverted.lines().all(|l| l == "@@@@@@@@@@"), "{inverted:?}");
+}
+
+#[test]
+fn the_cli_runs_the_same_engine_on_local_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jpg");
+    std::fs::write(&input, jpeg(256, 192)).unwrap();
+    let output = dir.path().join("out.png");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_progimage"))
+        .args(["transform", "thumbnail"])
+        .arg(&input)
+        .arg(&output)
+        .args(["--param", "size=64"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&output).unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        ImageFormat::Png,
+        "format follows the extension"
+    );
+    let thumb = decode(&bytes);
+    assert_eq!((thumb.width(), thumb.height()), (64, 48));
+
+    let failed = std::process::Command::new(env!("CARGO_BIN_EXE_progimage"))
+        .args(["transform", "thumbnail"])
+        .arg(&input)
+        .arg(&output)
+        .args(["--param", "size=0"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("size"));
+}

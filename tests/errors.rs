@@ -334,3 +334,45 @@ async fn malformed_multipart_is_400() {
     let response = post_raw(&server, "/", "multipart/form-data", b"no boundary".to_vec()).await;
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
 }
+
+#[tokio::test]
+async fn a_failing_store_is_503_and_the_service_recovers() {
+    let server = TestServer::start().await;
+    let bytes = jpeg(20, 20);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+
+    // Swap the store's directory for a plain file: every store operation now fails
+    // with an I/O error (ENOTDIR) that is neither "not found" nor "already exists".
+    let root = server.dir.path().to_path_buf();
+    let aside = root.with_extension("aside");
+    std::fs::rename(&root, &aside).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    let response = server.get(&format!("/images/{id}/")).await;
+    assert!(response.headers().contains_key("retry-after"));
+    expect_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    )
+    .await;
+    expect_error(
+        post_raw(&server, "/", "image/png", png(9, 9)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    )
+    .await;
+
+    // Put the directory back: the same server answers again, no restart needed.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::rename(&aside, &root).unwrap();
+    assert_eq!(
+        server
+            .get(&format!("/images/{id}/"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        bytes
+    );
+}

@@ -16,22 +16,6 @@ async fn expect_error(response: reqwest::Response, status: StatusCode, code: &st
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
-async fn post_raw(
-    server: &TestServer,
-    path: &str,
-    content_type: &str,
-    bytes: Vec<u8>,
-) -> reqwest::Response {
-    server
-        .client
-        .post(server.url(path))
-        .header("content-type", content_type)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn unknown_images_transforms_and_routes_are_404() {
     let server = TestServer::start().await;
@@ -155,13 +139,9 @@ async fn bad_parameters_are_400_naming_the_parameter() {
     )
     .await;
     // On-demand validates parameters before reading the body.
-    let response = post_raw(
-        &server,
-        "/on_demand/thumbnail/?size=-1",
-        "image/jpeg",
-        bytes,
-    )
-    .await;
+    let response = server
+        .post_raw("/on_demand/thumbnail/?size=-1", "image/jpeg", bytes)
+        .await;
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
 }
 
@@ -169,32 +149,30 @@ async fn bad_parameters_are_400_naming_the_parameter() {
 async fn non_images_are_415() {
     let server = TestServer::start().await;
     expect_error(
-        post_raw(
-            &server,
-            "/",
-            "image/jpeg",
-            b"<html>not an image</html>".to_vec(),
-        )
-        .await,
+        server
+            .post_raw("/", "image/jpeg", b"<html>not an image</html>".to_vec())
+            .await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     )
     .await;
     let message = expect_error(
-        post_raw(&server, "/", "text/plain", jpeg(8, 8)).await,
+        server.post_raw("/", "text/plain", jpeg(8, 8)).await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     )
     .await;
     assert!(message.contains("multipart/form-data"), "{message}");
     expect_error(
-        post_raw(&server, "/on_demand/thumbnail/", "image/png", vec![0; 100]).await,
+        server
+            .post_raw("/on_demand/thumbnail/", "image/png", vec![0; 100])
+            .await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     )
     .await;
     expect_error(
-        post_raw(&server, "/", "image/png", Vec::new()).await,
+        server.post_raw("/", "image/png", Vec::new()).await,
         StatusCode::BAD_REQUEST,
         "empty_body",
     )
@@ -213,7 +191,7 @@ async fn truncated_corrupt_and_zero_sized_images_are_422() {
         ("zero_width.gif", fixture("zero_width.gif")),
     ] {
         for path in ["/", "/on_demand/thumbnail/"] {
-            let response = post_raw(&server, path, "image/jpeg", bytes.clone()).await;
+            let response = server.post_raw(path, "image/jpeg", bytes.clone()).await;
             assert_eq!(
                 response.status(),
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -234,26 +212,29 @@ async fn truncated_corrupt_and_zero_sized_images_are_422() {
 async fn images_over_the_pixel_limit_are_413_from_the_header() {
     let server = TestServer::start_with(|s| s.limits.max_input_pixels = 10_000).await;
     let message = expect_error(
-        post_raw(
-            &server,
-            "/",
-            "image/bmp",
-            fixture("bomb-reallybig-3000000x2000000.bmp"),
-        )
-        .await,
+        server
+            .post_raw(
+                "/",
+                "image/bmp",
+                fixture("bomb-reallybig-3000000x2000000.bmp"),
+            )
+            .await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "max_input_pixels",
     )
     .await;
     assert!(message.contains("3000000x2000000"), "{message}");
     expect_error(
-        post_raw(&server, "/on_demand/thumbnail/", "image/png", png(101, 100)).await,
+        server
+            .post_raw("/on_demand/thumbnail/", "image/png", png(101, 100))
+            .await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "max_input_pixels",
     )
     .await;
     assert_eq!(
-        post_raw(&server, "/", "image/png", png(100, 100))
+        server
+            .post_raw("/", "image/png", png(100, 100))
             .await
             .status(),
         StatusCode::CREATED
@@ -269,23 +250,16 @@ async fn bodies_over_the_upload_limit_are_413() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         big.chunks(1024).map(|c| Ok(c.to_vec())).collect();
     let response = server
-        .client
-        .post(server.url("/"))
-        .header("content-type", "image/png")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+        .post_raw(
+            "/",
+            "image/png",
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+        )
+        .await;
     expect_error(response, StatusCode::PAYLOAD_TOO_LARGE, "max_upload_bytes").await;
 
     let form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(big));
-    let response = server
-        .client
-        .post(server.url("/"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_form("/", form).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(server.stored_files().is_empty());
 }
@@ -323,15 +297,17 @@ async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() 
 #[tokio::test]
 async fn malformed_multipart_is_400() {
     let server = TestServer::start().await;
-    let response = post_raw(
-        &server,
-        "/",
-        "multipart/form-data; boundary=XYZ",
-        b"--XYZ\r\nthis is not a part".to_vec(),
-    )
-    .await;
+    let response = server
+        .post_raw(
+            "/",
+            "multipart/form-data; boundary=XYZ",
+            b"--XYZ\r\nthis is not a part".to_vec(),
+        )
+        .await;
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
-    let response = post_raw(&server, "/", "multipart/form-data", b"no boundary".to_vec()).await;
+    let response = server
+        .post_raw("/", "multipart/form-data", b"no boundary".to_vec())
+        .await;
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
 }
 
@@ -357,7 +333,7 @@ async fn a_failing_store_is_503_and_the_service_recovers() {
     )
     .await;
     expect_error(
-        post_raw(&server, "/", "image/png", png(9, 9)).await,
+        server.post_raw("/", "image/png", png(9, 9)).await,
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
     )

@@ -221,21 +221,9 @@ async fn a_premade_progimage_filebase_is_served_as_is() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "image/png");
     assert_eq!(response.bytes().await.unwrap(), bytes);
-    let meta: serde_json::Value = server
-        .get(&format!("/images/{id}/meta/"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: serde_json::Value = server.get_json(&format!("/images/{id}/meta/")).await;
     assert_eq!(meta["file_name"], "cat.png");
-    let thumb = decode(
-        &server
-            .get(&format!("/images/{id}/thumbnail/"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-    );
+    let thumb = server.get_image(&format!("/images/{id}/thumbnail/")).await;
     assert_eq!(
         (thumb.width(), thumb.height()),
         (120, 90),
@@ -245,12 +233,7 @@ async fn a_premade_progimage_filebase_is_served_as_is() {
     let response = server.get(&format!("/images/{bare_id}/")).await;
     assert_eq!(response.headers()["content-type"], "image/jpeg");
     assert_eq!(response.bytes().await.unwrap(), bare);
-    let meta: serde_json::Value = server
-        .get(&format!("/images/{bare_id}/meta/"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: serde_json::Value = server.get_json(&format!("/images/{bare_id}/meta/")).await;
     assert_eq!(
         (meta["width"].as_u64(), meta["height"].as_u64()),
         (Some(30), Some(20))

@@ -124,13 +124,8 @@ async fn concurrent_requests_for_a_new_transform_compute_it_once() {
 async fn on_demand_returns_the_transform_and_stores_nothing() {
     let server = TestServer::start().await;
     let response = server
-        .client
-        .post(server.url("/on_demand/thumbnail/"))
-        .header("content-type", "image/jpeg")
-        .body(jpeg(256, 192))
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/on_demand/thumbnail/", "image/jpeg", jpeg(256, 192))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "image/jpeg");
     assert_eq!(response.headers()["cache-control"], "no-store");
@@ -141,13 +136,7 @@ async fn on_demand_returns_the_transform_and_stores_nothing() {
 
     let form =
         reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(png(90, 30)));
-    let response = server
-        .client
-        .post(server.url("/on_demand/ascii/?width=30"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_form("/on_demand/ascii/?width=30", form).await;
     assert_eq!(
         response.headers()["content-type"],
         "text/plain; charset=utf-8"
@@ -171,25 +160,13 @@ async fn exif_orientation_is_applied_before_anything_else() {
     let reply = server.upload(&bytes).await;
     assert_eq!(reply["format"], "jpeg");
 
-    let upright = decode(
-        &server
-            .get(&format!("/images/{id}.png"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-    );
+    let upright = server.get_image(&format!("/images/{id}.png")).await;
     assert_eq!((upright.width(), upright.height()), (32, 64));
     assert!(is_red(&upright, 16, 8) && is_blue(&upright, 16, 56));
 
-    let thumb = decode(
-        &server
-            .get(&format!("/images/{id}/thumbnail/?size=32"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-    );
+    let thumb = server
+        .get_image(&format!("/images/{id}/thumbnail/?size=32"))
+        .await;
     assert_eq!(
         (thumb.width(), thumb.height()),
         (16, 32),
@@ -219,13 +196,8 @@ async fn exif_orientation_is_applied_before_anything_else() {
     // A real camera-style file: 2x1 with orientation 8 is 1x2 upright.
     let rectangle = fixture("orientation_rectangle.jpg");
     let response = server
-        .client
-        .post(server.url("/on_demand/convert/?format=png"))
-        .header("content-type", "image/jpeg")
-        .body(rectangle)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/on_demand/convert/?format=png", "image/jpeg", rectangle)
+        .await;
     let upright = decode(&response.bytes().await.unwrap());
     assert_eq!((upright.width(), upright.height()), (1, 2));
 }

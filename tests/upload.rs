@@ -15,13 +15,7 @@ async fn multipart_upload_is_stored_under_its_sha1() {
         .part("image", Part::bytes(bytes.clone()).file_name("cat.jpg"))
         .text("name", "Cat")
         .text("desc", "A red and blue cat");
-    let response = server
-        .client
-        .post(server.url("/"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_form("/", form).await;
 
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_string();
@@ -58,14 +52,7 @@ async fn multipart_upload_is_stored_under_its_sha1() {
 async fn raw_body_upload_works_on_both_upload_paths() {
     let server = TestServer::start().await;
     for (path, bytes) in [("/", png(10, 10)), ("/images/", png(12, 10))] {
-        let response = server
-            .client
-            .post(server.url(path))
-            .header("content-type", "image/png")
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = server.post_raw(path, "image/png", bytes.clone()).await;
         assert_eq!(response.status(), StatusCode::CREATED, "{path}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["id"], sha1_hex(&bytes));
@@ -125,13 +112,7 @@ async fn duplicate_upload_is_200_with_the_same_answer_and_writes_nothing() {
 async fn a_form_without_the_image_field_is_400_naming_it() {
     let server = TestServer::start().await;
     let form = Form::new().part("imageX", Part::bytes(jpeg(8, 8)).file_name("a.jpg"));
-    let response = server
-        .client
-        .post(server.url("/"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_form("/", form).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "missing_image_field");
@@ -167,14 +148,7 @@ async fn location_follows_forwarded_headers_or_the_public_url() {
 
     let configured =
         TestServer::start_with(|s| s.public_url = "https://cdn.example.org/".into()).await;
-    let response = configured
-        .client
-        .post(configured.url("/"))
-        .header("content-type", "image/jpeg")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let response = configured.post_raw("/", "image/jpeg", bytes).await;
     assert_eq!(
         response.headers()["location"],
         format!("https://cdn.example.org/images/{id}/").as_str()

@@ -83,14 +83,7 @@ impl TestServer {
 
     /// Uploads raw bytes with an image/* content type and returns the JSON reply.
     pub async fn upload(&self, bytes: &[u8]) -> serde_json::Value {
-        let response = self
-            .client
-            .post(self.url("/"))
-            .header("content-type", "image/jpeg")
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_raw("/", "image/jpeg", bytes.to_vec()).await;
         assert!(
             response.status().is_success(),
             "upload failed: {}",
@@ -101,6 +94,42 @@ impl TestServer {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GETs `path` and decodes the body as an image.
+    pub async fn get_image(&self, path: &str) -> DynamicImage {
+        decode(&self.get(path).await.bytes().await.unwrap())
+    }
+
+    /// GETs `path` and parses the body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    /// POSTs a multipart form.
+    pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs a raw body with a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
     }
 }
 

@@ -236,6 +236,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn opens_paths_file_urls_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Path::from("x");
+        let plain = dir.path().join("plain/nested");
+        let url = dir.path().join("url/nested");
+        for (location, url) in [
+            (&plain, plain.to_str().unwrap().to_string()),
+            (&url, format!("file://{}", url.display())),
+        ] {
+            let store = Store::open(&url).unwrap();
+            store.put_if_absent(&path, "bytes".into()).await.unwrap();
+            assert_eq!(
+                std::fs::read(location.join("x")).unwrap(),
+                b"bytes",
+                "{url}"
+            );
+        }
+        assert!(Store::open("memory://").is_ok());
+        assert_eq!(
+            Store::open("s3://bucket/prefix").unwrap_err().code,
+            "store_unsupported"
+        );
+        assert_eq!(
+            Store::open("ftp://host/x").unwrap_err().code,
+            "store_unsupported"
+        );
+    }
+
+    #[tokio::test]
     async fn put_if_absent_never_overwrites() {
         let store = Store::open("memory://").unwrap();
         let path = Path::from("a/b/c");

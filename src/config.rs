@@ -6,6 +6,7 @@
 //! Environment variables and flags are declared together in `main.rs` with clap's
 //! `env` support, which gives "flag beats variable"; [`Overrides`] then beats the file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub struct Settings {
     pub transform_workers: usize,
     /// Limits against abuse.
     pub limits: Limits,
+    /// Named pipelines, usable as `GET /images/<id>/<name>/`, e.g.
+    /// `avatar = "crop(aspect=1:1)/resize(w=96)"`.
+    pub presets: BTreeMap<String, String>,
 }
 
 /// Limits that protect the service from oversized or hostile input.
@@ -50,6 +54,7 @@ impl Default for Settings {
             public_url: String::new(),
             transform_workers: 0,
             limits: Limits::default(),
+            presets: BTreeMap::new(),
         }
     }
 }

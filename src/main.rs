@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use progimage::config::Overrides;
-use progimage::engine::{Engine, Format, TransformSpec};
+use progimage::engine::{Engine, Format, OutputFormat, Presets};
 use progimage::http::{serve, App};
 use progimage::service::Service;
 use progimage::store::Store;
@@ -67,7 +67,7 @@ struct Serve {
 struct Transform {
     #[command(flatten)]
     common: Common,
-    /// The transform: thumbnail, ascii, convert.
+    /// The transform or pipeline, e.g. thumbnail or 'crop(aspect=1:1)/resize(w=96)'.
     name: String,
     /// The image to read.
     input: PathBuf,
@@ -133,7 +133,8 @@ fn run_serve(args: Serve) -> Result<(), String> {
             store = %settings.store,
             "progimage is serving"
         );
-        let app = Arc::new(App::new(&settings, Service::new(&settings, store)));
+        let service = Service::new(&settings, store).map_err(|e| e.to_string())?;
+        let app = Arc::new(App::new(&settings, service));
         serve(listener, app, &settings, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
@@ -175,26 +176,29 @@ fn run_transform(args: Transform) -> Result<(), String> {
             .ok_or_else(|| format!("--param takes key=value, not '{param}'"))?;
         query.push((key.to_string(), value.to_string()));
     }
-    let output_format = args
+    let presets = Presets::new(&settings.presets).map_err(|e| e.to_string())?;
+    let engine = Engine::new(settings.limits, presets);
+    let mut spec = engine
+        .spec(&args.name, &query, None)
+        .map_err(|e| e.to_string())?;
+    // An image result takes its format from the output's extension unless format= says.
+    let makes_image = matches!(spec.output_format(Format::Png), OutputFormat::Image(_));
+    let extension = args
         .output
         .extension()
         .and_then(|e| e.to_str())
-        .and_then(Format::from_name)
-        .filter(|f| f.is_writable());
-    let wants_image = progimage::engine::ops::find(&args.name)
-        .map(|d| d.produces == progimage::engine::ops::Produces::Image)
-        .unwrap_or(false);
+        .and_then(Format::from_name);
     if let Some(format) =
-        output_format.filter(|_| wants_image && !query.iter().any(|(k, _)| k == "format"))
+        extension.filter(|_| makes_image && !query.iter().any(|(k, _)| k == "format"))
     {
         query.push(("format".to_string(), format.name().to_string()));
+        spec = engine
+            .spec(&args.name, &query, None)
+            .map_err(|e| e.to_string())?;
     }
-    let spec = TransformSpec::parse(&args.name, &query).map_err(|e| e.to_string())?;
     let input = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
-    let rendered = Engine::new(settings.limits)
-        .render(&input, &spec)
-        .map_err(|e| e.to_string())?;
+    let rendered = engine.render(&input, &spec).map_err(|e| e.to_string())?;
     std::fs::write(&args.output, &rendered.bytes)
         .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
     eprintln!(

@@ -21,7 +21,7 @@ use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::config::Settings;
-use crate::engine::{Engine, Format, Rendered, TransformSpec};
+use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ImageId, ObjectStream, Put, Sidecar, Store};
 
@@ -162,14 +162,31 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(settings: &Settings, store: Store) -> Self {
-        Self {
+    /// Fails when the settings' presets do not parse.
+    pub fn new(settings: &Settings, store: Store) -> Result<Self> {
+        let presets = Presets::new(&settings.presets)?;
+        Ok(Self {
             store,
-            engine: Engine::new(settings.limits.clone()),
+            engine: Engine::new(settings.limits.clone(), presets),
             workers: Arc::new(Semaphore::new(settings.effective_workers())),
             in_flight: Mutex::new(HashMap::new()),
             max_upload_bytes: settings.limits.max_upload_bytes,
-        }
+        })
+    }
+
+    /// Parses a transform request (a pipeline path and its query) for this service.
+    pub fn transform_spec(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        accept: Option<&str>,
+    ) -> Result<TransformSpec> {
+        self.engine.spec(path, query, accept)
+    }
+
+    /// What `GET /transforms/` lists.
+    pub fn catalogue(&self) -> serde_json::Value {
+        self.engine.catalogue()
     }
 
     /// A buffer for one upload's bytes, refusing a declared length over the limit.

@@ -2,23 +2,25 @@
 
 use std::fmt;
 
-/// A raster format the engine reads. Some of them it also writes (see [`Format::is_writable`]).
+/// A raster format the engine reads or writes: it reads all but AVIF and writes all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     Jpeg,
     Png,
     Gif,
     WebP,
+    Avif,
     Bmp,
     Tiff,
 }
 
 impl Format {
     /// Every format, in the order they are listed to clients.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Jpeg,
         Format::Png,
         Format::WebP,
+        Format::Avif,
         Format::Gif,
         Format::Bmp,
         Format::Tiff,
@@ -52,6 +54,7 @@ impl Format {
             Format::Png => "png",
             Format::Gif => "gif",
             Format::WebP => "webp",
+            Format::Avif => "avif",
             Format::Bmp => "bmp",
             Format::Tiff => "tiff",
         }
@@ -74,22 +77,45 @@ impl Format {
             Format::Png => "image/png",
             Format::Gif => "image/gif",
             Format::WebP => "image/webp",
+            Format::Avif => "image/avif",
             Format::Bmp => "image/bmp",
             Format::Tiff => "image/tiff",
         }
     }
 
-    /// Whether transforms can produce this format.
+    /// Whether uploads in this format are accepted (AVIF decoding needs a C AV1
+    /// decoder the build does not carry).
+    pub fn is_readable(self) -> bool {
+        self != Format::Avif
+    }
+
+    /// Whether transforms can produce this format: every one.
     pub fn is_writable(self) -> bool {
+        true
+    }
+
+    /// Whether a transform of a source in this format stays in it by default; the
+    /// others (BMP, TIFF: not for the web) become PNG.
+    pub fn keeps_itself(self) -> bool {
         matches!(
             self,
             Format::Jpeg | Format::Png | Format::WebP | Format::Gif
         )
     }
 
-    /// Whether `q=` changes the output (lossy encoders only).
+    /// Whether `q=` changes the output (WebP is lossy unless `lossless=true`).
     pub fn is_lossy(self) -> bool {
-        matches!(self, Format::Jpeg)
+        matches!(self, Format::Jpeg | Format::Avif | Format::WebP)
+    }
+
+    /// Whether the encoder keeps transparency; the others get it flattened onto `bg`.
+    pub fn has_alpha(self) -> bool {
+        !matches!(self, Format::Jpeg | Format::Bmp)
+    }
+
+    /// Whether the format can hold an animation.
+    pub fn can_animate(self) -> bool {
+        matches!(self, Format::Gif | Format::WebP)
     }
 
     pub(crate) fn to_image_format(self) -> image::ImageFormat {
@@ -98,6 +124,7 @@ impl Format {
             Format::Png => image::ImageFormat::Png,
             Format::Gif => image::ImageFormat::Gif,
             Format::WebP => image::ImageFormat::WebP,
+            Format::Avif => image::ImageFormat::Avif,
             Format::Bmp => image::ImageFormat::Bmp,
             Format::Tiff => image::ImageFormat::Tiff,
         }

@@ -12,38 +12,38 @@ pub mod decode;
 pub mod encode;
 mod format;
 pub mod ops;
+pub mod output;
 pub mod params;
+pub mod pipeline;
 mod probe;
 pub mod resize;
 
 pub use format::Format;
+pub use output::OutputOptions;
+pub use pipeline::{Pipeline, Presets};
 pub use probe::Probe;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use ops::{Definition, Operation, Output, Produces};
+use ops::{Output, Produces};
 
 /// Bumped whenever a change to the engine changes its output, so cached results from
 /// an older engine are never served as the new one's: the version is in every key.
 pub const ENGINE_VERSION: u32 = 1;
 
-/// JPEG (and later lossy) quality when `q` is not given.
-pub const DEFAULT_QUALITY: u8 = 80;
-
-/// A transform request, validated: what to run and how to encode the result.
+/// A transform request, validated: the pipeline to run and how to encode its result.
 #[derive(Debug)]
 pub struct TransformSpec {
-    definition: &'static Definition,
-    operation: Box<dyn Operation>,
-    format: Option<Format>,
-    quality: u8,
+    pipeline: Pipeline,
+    output: OutputOptions,
 }
 
 /// The format a result is encoded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     Image(Format),
-    Text,
+    /// Text with its file extension (`txt`, `html`).
+    Text(&'static str),
 }
 
 /// An encoded result and its media type.
@@ -54,68 +54,70 @@ pub struct Rendered {
 }
 
 impl TransformSpec {
-    /// Parses a transform name and its query parameters. `format` and `q` are output
-    /// options every image transform takes; the rest belong to the transform.
-    pub fn parse(name: &str, query: &[(String, String)]) -> Result<Self> {
-        let definition = ops::find(name)?;
-        let mut format = None;
-        let mut quality = None;
-        let mut params = Vec::new();
-        for (key, value) in query {
-            match key.as_str() {
-                "format" => format = Some(parse_format(value)?),
-                "q" => quality = Some(parse_quality(value)?),
-                _ => params.push((key.clone(), value.clone())),
-            }
-        }
-        if definition.produces == Produces::Text && (format.is_some() || quality.is_some()) {
+    /// Parses the pipeline part of a path (`thumbnail`, `crop(aspect=1:1)/grayscale`)
+    /// and the query string: output options (`format`, `q`, ...) and, for a single
+    /// step, its parameters. `accept` is the request's `Accept`, for `format=auto`.
+    pub fn parse(
+        path: &str,
+        query: &[(String, String)],
+        presets: &Presets,
+        accept: Option<&str>,
+    ) -> Result<Self> {
+        let (output, params): (Vec<_>, Vec<_>) = query
+            .iter()
+            .cloned()
+            .partition(|(name, _)| OutputOptions::owns(name));
+        let pipeline = Pipeline::parse(path, &params, presets)?;
+        if pipeline.produces() == Produces::Text && !output.is_empty() {
             return Err(Error::bad_request(
                 "invalid_parameter",
-                format!("transform '{name}' produces text: 'format' and 'q' do not apply"),
+                format!(
+                    "'{path}' produces text: output options ({}) do not apply",
+                    output
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
         Ok(Self {
-            definition,
-            operation: definition.build(&params)?,
-            format,
-            quality: quality.unwrap_or(DEFAULT_QUALITY),
+            pipeline,
+            output: OutputOptions::parse(&output, accept)?,
         })
     }
 
     /// The original image re-encoded as `format` (`GET /images/<id>.png`).
     pub fn convert_to(format: Format) -> Result<Self> {
-        Self::parse(
-            "convert",
-            &[("format".to_string(), format.name().to_string())],
-        )
+        let query = [("format".to_string(), format.name().to_string())];
+        Self::parse("convert", &query, &Presets::default(), None)
     }
 
-    /// The output format for a source of format `source`: the one asked for, else the
-    /// source's own when the engine can write it, else PNG.
+    /// Whether the result depends on the request's `Accept` header (`format=auto`).
+    pub fn varies_with_accept(&self) -> bool {
+        self.output.varies_with_accept()
+    }
+
+    /// The output format for a source of format `source`.
     pub fn output_format(&self, source: Format) -> OutputFormat {
-        match self.definition.produces {
-            Produces::Text => OutputFormat::Text,
-            Produces::Image => {
-                OutputFormat::Image(self.format.unwrap_or(if source.is_writable() {
-                    source
-                } else {
-                    Format::Png
-                }))
-            }
+        match self.pipeline.produces() {
+            Produces::Text => OutputFormat::Text(self.pipeline.text_extension()),
+            Produces::Image => OutputFormat::Image(self.output.resolve(source)),
         }
     }
 
     /// The canonical key of this result for a source of format `source`, e.g.
-    /// `e1.thumbnail(w=128,h=128).q80.jpeg`: engine version, operation with every
-    /// parameter resolved, quality where it matters, and the format as extension.
+    /// `e1.thumbnail(w=128,h=128).q80.jpeg`: engine version, the pipeline with every
+    /// parameter resolved, the output options that change the bytes, and the format
+    /// as extension.
     pub fn key(&self, source: Format) -> String {
-        let operation = self.operation.key();
+        let pipeline = self.pipeline.key();
         match self.output_format(source) {
-            OutputFormat::Text => format!("e{ENGINE_VERSION}.{operation}.txt"),
-            OutputFormat::Image(format) if format.is_lossy() => {
-                format!("e{ENGINE_VERSION}.{operation}.q{}.{format}", self.quality)
-            }
-            OutputFormat::Image(format) => format!("e{ENGINE_VERSION}.{operation}.{format}"),
+            OutputFormat::Text(extension) => format!("e{ENGINE_VERSION}.{pipeline}.{extension}"),
+            OutputFormat::Image(format) => match self.output.key_suffix(format) {
+                suffix if suffix.is_empty() => format!("e{ENGINE_VERSION}.{pipeline}.{format}"),
+                suffix => format!("e{ENGINE_VERSION}.{pipeline}.{suffix}.{format}"),
+            },
         }
     }
 }
@@ -130,48 +132,59 @@ pub fn content_type_of_key(key: &str) -> String {
     }
 }
 
-fn parse_format(value: &str) -> Result<Format> {
-    Format::from_name(value)
-        .filter(|f| f.is_writable())
-        .ok_or_else(|| {
-            let writable: Vec<_> = Format::ALL
-                .iter()
-                .filter(|f| f.is_writable())
-                .map(|f| f.name())
-                .collect();
-            Error::bad_request(
-                "invalid_parameter",
-                format!(
-                    "parameter 'format' must be one of {}, not '{value}'",
-                    writable.join(", ")
-                ),
-            )
-        })
-}
-
-fn parse_quality(value: &str) -> Result<u8> {
-    value
-        .parse::<u8>()
-        .ok()
-        .filter(|q| (1..=100).contains(q))
-        .ok_or_else(|| {
-            Error::bad_request(
-                "invalid_parameter",
-                format!("parameter 'q' must be a whole number from 1 to 100, not '{value}'"),
-            )
-        })
-}
-
 /// The engine with its limits. Cheap to clone; every method is synchronous and
 /// CPU-bound.
 #[derive(Debug, Clone)]
 pub struct Engine {
     limits: Limits,
+    presets: Presets,
 }
 
 impl Engine {
-    pub fn new(limits: Limits) -> Self {
-        Self { limits }
+    pub fn new(limits: Limits, presets: Presets) -> Self {
+        Self { limits, presets }
+    }
+
+    /// Parses a transform request against this engine's presets.
+    pub fn spec(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        accept: Option<&str>,
+    ) -> Result<TransformSpec> {
+        TransformSpec::parse(path, query, &self.presets, accept)
+    }
+
+    /// Every transform with its parameters, the output options, the formats and the
+    /// presets: what `GET /transforms/` shows.
+    pub fn catalogue(&self) -> serde_json::Value {
+        let transforms: Vec<_> = ops::ALL
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name,
+                    "summary": d.summary,
+                    "produces": match d.produces { Produces::Image => "image", Produces::Text => "text" },
+                    "params": d.params,
+                })
+            })
+            .collect();
+        let names = |keep: fn(&Format) -> bool| -> Vec<&str> {
+            Format::ALL
+                .iter()
+                .filter(|f| keep(f))
+                .map(|f| f.name())
+                .collect()
+        };
+        serde_json::json!({
+            "engine_version": ENGINE_VERSION,
+            "transforms": transforms,
+            "output_params": output::OUTPUT_PARAMS,
+            "input_formats": names(|f| f.is_readable()),
+            "output_formats": names(|f| f.is_writable()),
+            "presets": self.presets.describe(),
+            "pipeline_max_steps": pipeline::MAX_STEPS,
+        })
     }
 
     /// Identifies and checks an image from its header (see [`probe::probe`]).
@@ -183,13 +196,15 @@ impl Engine {
     pub fn render(&self, bytes: &[u8], spec: &TransformSpec) -> Result<Rendered> {
         let probe = self.probe(bytes)?;
         let image = decode::decode(bytes, &probe, &self.limits)?;
-        let output_format = spec.output_format(probe.format);
-        let bytes = match (spec.operation.apply(image)?, output_format) {
+        let bytes = match (
+            spec.pipeline.apply(image)?,
+            spec.output_format(probe.format),
+        ) {
             (Output::Text(text), _) => text.into_bytes(),
             (Output::Image(image), OutputFormat::Image(format)) => {
-                encode::encode(&image, format, spec.quality)?
+                encode::encode(&image, format, &spec.output)?
             }
-            (Output::Image(_), OutputFormat::Text) => {
+            (Output::Image(_), OutputFormat::Text(_)) => {
                 return Err(Error::internal("a text transform produced an image"))
             }
         };
@@ -204,40 +219,40 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
+    fn spec(path: &str, pairs: &[(&str, &str)]) -> Result<TransformSpec> {
+        let query: Vec<_> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+            .collect();
+        TransformSpec::parse(path, &query, &Presets::default(), None)
     }
 
     #[test]
     fn keys_fill_defaults_and_keep_the_source_format() {
-        let spec = TransformSpec::parse("thumbnail", &[]).unwrap();
-        assert_eq!(spec.key(Format::Jpeg), "e1.thumbnail(w=128,h=128).q80.jpeg");
-        assert_eq!(spec.key(Format::Png), "e1.thumbnail(w=128,h=128).png");
-        assert_eq!(spec.key(Format::Bmp), "e1.thumbnail(w=128,h=128).png");
-        let explicit =
-            TransformSpec::parse("thumbnail", &query(&[("format", "jpeg"), ("q", "80")])).unwrap();
-        assert_eq!(explicit.key(Format::Jpeg), spec.key(Format::Jpeg));
+        let default = spec("thumbnail", &[]).unwrap();
+        assert_eq!(
+            default.key(Format::Jpeg),
+            "e1.thumbnail(w=128,h=128).q80.jpeg"
+        );
+        assert_eq!(default.key(Format::Png), "e1.thumbnail(w=128,h=128).png");
+        assert_eq!(default.key(Format::Bmp), "e1.thumbnail(w=128,h=128).png");
+        let explicit = spec("thumbnail", &[("format", "jpeg"), ("q", "80")]).unwrap();
+        assert_eq!(explicit.key(Format::Jpeg), default.key(Format::Jpeg));
+        let pipeline = spec("thumbnail(size=10)/convert", &[("format", "webp")]).unwrap();
+        assert_eq!(
+            pipeline.key(Format::Png),
+            "e1.thumbnail(w=10,h=10)+convert.q80.webp"
+        );
     }
 
     #[test]
     fn output_options_are_validated() {
-        for bad in [
-            ("format", "bmp"),
-            ("format", "exe"),
-            ("q", "0"),
-            ("q", "101"),
-        ] {
-            let err = TransformSpec::parse("thumbnail", &query(&[bad])).unwrap_err();
+        for bad in [("format", "exe"), ("q", "0"), ("q", "101"), ("bg", "red")] {
+            let err = spec("thumbnail", &[bad]).unwrap_err();
             assert_eq!(err.code, "invalid_parameter", "{bad:?}");
         }
-        assert!(TransformSpec::parse("ascii", &query(&[("format", "png")])).is_err());
-        assert_eq!(
-            TransformSpec::parse("nope", &[]).unwrap_err().code,
-            "unknown_transform"
-        );
+        assert!(spec("ascii", &[("format", "png")]).is_err());
+        assert_eq!(spec("nope", &[]).unwrap_err().code, "unknown_transform");
     }
 
     #[test]
@@ -247,8 +262,16 @@ mod tests {
             "image/jpeg"
         );
         assert_eq!(
+            content_type_of_key("e1.thumbnail(w=1).q80.avif"),
+            "image/avif"
+        );
+        assert_eq!(
             content_type_of_key("e1.ascii(width=100,invert=false).txt"),
             "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            content_type_of_key("e1.ascii(color=html).html"),
+            "text/html; charset=utf-8"
         );
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, HOST, LOCATION};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, HOST, LOCATION, VARY};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -113,20 +113,30 @@ impl App {
                 let fetched = self.service.transform(&id, &spec, range).await?;
                 Ok(response::object(&parts.headers, head_only, fetched))
             }
-            Route::Transform(id, name) => {
-                let spec = Arc::new(TransformSpec::parse(&name, &query_pairs(&parts))?);
+            Route::Transform(id, pipeline) => {
+                let spec = Arc::new(self.spec(&pipeline, &parts)?);
                 let fetched = self.service.transform(&id, &spec, range).await?;
-                Ok(response::object(&parts.headers, head_only, fetched))
+                Ok(vary(
+                    response::object(&parts.headers, head_only, fetched),
+                    &spec,
+                ))
             }
-            Route::OnDemand(name) => {
+            Route::OnDemand(pipeline) => {
                 // Validate the transform before reading a possibly large body.
-                let spec = TransformSpec::parse(&name, &query_pairs(&parts))?;
+                let spec = self.spec(&pipeline, &parts)?;
                 let bytes = upload::read_upload(&self.service, &parts, body)
                     .await?
                     .bytes;
+                let varies = spec.varies_with_accept();
                 let rendered = self.service.on_demand(bytes, spec).await?;
-                Ok(response::rendered(&rendered.content_type, rendered.bytes))
+                let response = response::rendered(&rendered.content_type, rendered.bytes);
+                Ok(if varies {
+                    with_vary(response)
+                } else {
+                    response
+                })
             }
+            Route::Transforms => Ok(response::json(StatusCode::OK, &self.service.catalogue())),
         }
     }
 
@@ -152,6 +162,30 @@ impl App {
             .unwrap_or_else(|| "localhost".to_string());
         format!("{scheme}://{host}")
     }
+}
+
+impl App {
+    fn spec(&self, pipeline: &str, parts: &Parts) -> Result<TransformSpec> {
+        let accept = parts.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+        self.service
+            .transform_spec(pipeline, &query_pairs(parts), accept)
+    }
+}
+
+/// Marks a response whose format was chosen from the `Accept` header.
+fn vary(response: Response<Body>, spec: &TransformSpec) -> Response<Body> {
+    if spec.varies_with_accept() {
+        with_vary(response)
+    } else {
+        response
+    }
+}
+
+fn with_vary(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 fn bad_host() -> Error {

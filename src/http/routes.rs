@@ -5,8 +5,9 @@
 //! GET, HEAD   /images/<id>/                   the original bytes
 //! GET, HEAD   /images/<id>.<jpg|png|webp|gif> the original converted (a cached transform)
 //! GET, HEAD   /images/<id>/meta/              the JSON sidecar
-//! GET, HEAD   /images/<id>/<transform>/       a transform, parameters in the query
-//! POST        /on_demand/<transform>/         a transform of the body; nothing stored
+//! GET, HEAD   /images/<id>/<pipeline>/        a transform or pipeline (see engine::pipeline)
+//! POST        /on_demand/<pipeline>/          a transform of the body; nothing stored
+//! GET, HEAD   /transforms/                    every transform, its parameters, formats, presets
 //! ```
 //!
 //! Trailing slashes are optional. Path parameters are validated here (the id must be a
@@ -25,8 +26,10 @@ pub enum Route {
     Original(ImageId),
     Converted(ImageId, Format),
     Meta(ImageId),
+    /// An image and the pipeline part of the path (`thumbnail`, `crop(aspect=1:1)/grayscale`).
     Transform(ImageId, String),
     OnDemand(String),
+    Transforms,
 }
 
 /// Methods allowed on the resources that can be read.
@@ -42,11 +45,14 @@ impl Route {
             [""] | ["images"] => (Route::Upload, WRITE),
             ["images", image] => (Self::image(image)?, READ),
             ["images", id, "meta"] => (Route::Meta(ImageId::parse(id)?), READ),
-            ["images", id, name] => (
-                Route::Transform(ImageId::parse(id)?, name.to_string()),
+            ["images", id, pipeline @ ..] => (
+                Route::Transform(ImageId::parse(id)?, pipeline.join("/")),
                 READ,
             ),
-            ["on_demand", name] => (Route::OnDemand(name.to_string()), WRITE),
+            ["on_demand", pipeline @ ..] if !pipeline.is_empty() => {
+                (Route::OnDemand(pipeline.join("/")), WRITE)
+            }
+            ["transforms"] => (Route::Transforms, READ),
             _ => {
                 return Err(Error::not_found(
                     "route_not_found",
@@ -125,6 +131,14 @@ mod tests {
             Route::resolve(&Method::POST, "/on_demand/ascii/").unwrap(),
             Route::OnDemand("ascii".into())
         );
+        assert_eq!(
+            get(&format!("/images/{ID}/crop(aspect=1:1)/grayscale/")).unwrap(),
+            Route::Transform(
+                ImageId::parse(ID).unwrap(),
+                "crop(aspect=1:1)/grayscale".into()
+            )
+        );
+        assert_eq!(get("/transforms/").unwrap(), Route::Transforms);
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl TestServer {
         let store = Store::open(&settings.store).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Arc::new(App::new(&settings, Service::new(&settings, store)));
+        let app = Arc::new(App::new(&settings, Service::new(&settings, store).unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             serve(listener, app, &settings, async {

@@ -12,7 +12,7 @@ use fast_image_resize::FilterType;
 use image::DynamicImage;
 
 use super::{canonical, Definition, Operation, Output, Produces};
-use crate::engine::encode::flatten_onto_white;
+use crate::engine::encode::flatten;
 use crate::engine::params::{Args, ParamKind, ParamSpec};
 use crate::engine::resize::resize;
 use crate::error::Result;
@@ -79,8 +79,7 @@ impl Operation for Ascii {
     fn apply(&self, image: DynamicImage) -> Result<Output> {
         let rows = self.rows_for(image.width(), image.height());
         // Transparent areas read as the background: composite onto white first.
-        let gray = DynamicImage::ImageRgb8(flatten_onto_white(&image)).into_luma8();
-        let gray = DynamicImage::ImageLuma8(gray);
+        let gray = DynamicImage::ImageLuma8(flatten(&image, [255, 255, 255]).into_luma8());
         let cells = resize(&gray, self.columns, rows, FilterType::Box)?.into_luma8();
         let mut ramp: Vec<char> = RAMP.chars().collect();
         if self.invert {

@@ -24,6 +24,11 @@ pub trait Operation: Send + Sync + fmt::Debug {
 
     /// Runs the transform on upright pixels.
     fn apply(&self, image: DynamicImage) -> Result<Output>;
+
+    /// The file extension of what a text transform writes (`txt`, `html`).
+    fn text_extension(&self) -> &'static str {
+        "txt"
+    }
 }
 
 /// What a transform produces.
@@ -31,7 +36,7 @@ pub trait Operation: Send + Sync + fmt::Debug {
 pub enum Output {
     /// Pixels, encoded afterwards in the requested output format.
     Image(DynamicImage),
-    /// Finished text, such as ASCII art, with its media type.
+    /// Finished text, such as ASCII art; its kind is the step's `text_extension`.
     Text(String),
 }
 

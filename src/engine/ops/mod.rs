@@ -6,7 +6,16 @@
 //! the CLI pick it up from there.
 
 mod ascii;
+mod blur;
+mod brightness;
+mod contrast;
 mod convert;
+mod crop;
+mod flip;
+mod grayscale;
+mod resize;
+mod rotate;
+mod sharpen;
 mod thumbnail;
 
 use std::fmt;
@@ -24,6 +33,13 @@ pub trait Operation: Send + Sync + fmt::Debug {
 
     /// Runs the transform on upright pixels.
     fn apply(&self, image: DynamicImage) -> Result<Output>;
+
+    /// The size this step produces from an input of `input` pixels, known before any
+    /// pixel is decoded: limits are checked, and decoders told how far they may
+    /// shrink, from it.
+    fn output_size(&self, input: (u32, u32)) -> (u32, u32) {
+        input
+    }
 
     /// The file extension of what a text transform writes (`txt`, `html`).
     fn text_extension(&self) -> &'static str {
@@ -68,8 +84,17 @@ impl Definition {
 /// Every transform the engine knows.
 pub static ALL: &[&Definition] = &[
     &thumbnail::DEFINITION,
-    &ascii::DEFINITION,
+    &resize::DEFINITION,
+    &crop::DEFINITION,
+    &rotate::DEFINITION,
+    &flip::DEFINITION,
+    &grayscale::DEFINITION,
+    &blur::DEFINITION,
+    &sharpen::DEFINITION,
+    &brightness::DEFINITION,
+    &contrast::DEFINITION,
     &convert::DEFINITION,
+    &ascii::DEFINITION,
 ];
 
 /// The transform called `name`, or a 404 naming the ones that exist.

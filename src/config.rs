@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Largest accepted image, in pixels (width x height) as its header claims (413).
     pub max_input_pixels: u64,
+    /// Largest image any transform step may produce, in pixels (413 beyond it),
+    /// checked before decoding.
+    pub max_output_pixels: u64,
     /// Seconds a client has to send its request headers before the connection closes.
     pub header_read_timeout_secs: u64,
 }
@@ -64,6 +67,7 @@ impl Default for Limits {
         Self {
             max_upload_bytes: 50 * 1024 * 1024,
             max_input_pixels: 50_000_000,
+            max_output_pixels: 50_000_000,
             header_read_timeout_secs: 30,
         }
     }

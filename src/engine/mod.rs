@@ -8,6 +8,7 @@
 //!
 //! [`key`]: TransformSpec::key
 
+mod color;
 pub mod decode;
 pub mod encode;
 mod format;
@@ -195,7 +196,10 @@ impl Engine {
     /// Runs `spec` on encoded `bytes`: probe, decode upright, transform, encode.
     pub fn render(&self, bytes: &[u8], spec: &TransformSpec) -> Result<Rendered> {
         let probe = self.probe(bytes)?;
-        let image = decode::decode(bytes, &probe, &self.limits)?;
+        let max_output = self.limits.max_output_pixels;
+        let image = decode::decode(bytes, &probe, &self.limits, |upright| {
+            spec.pipeline.plan(upright, max_output)
+        })?;
         let bytes = match (
             spec.pipeline.apply(image)?,
             spec.output_format(probe.format),

@@ -163,6 +163,28 @@ impl Pipeline {
         &self.steps
     }
 
+    /// Checks, from the upright input size alone, that no step would produce more than
+    /// `max_output_pixels`, and returns how far the decoder may shrink on load.
+    pub fn plan(&self, input: (u32, u32), max_output_pixels: u64) -> Result<Option<(u32, u32)>> {
+        let mut size = input;
+        for step in &self.steps {
+            size = step.output_size(size);
+            let pixels = u64::from(size.0) * u64::from(size.1);
+            if pixels > max_output_pixels {
+                return Err(Error::too_large(
+                    "max_output_pixels",
+                    format!(
+                        "'{}' would make a {}x{} image ({pixels} pixels), over max_output_pixels ({max_output_pixels})",
+                        step.key(),
+                        size.0,
+                        size.1
+                    ),
+                ));
+            }
+        }
+        Ok(self.steps.first().and_then(|step| step.shrink_hint(input)))
+    }
+
     /// Runs every step in order.
     pub fn apply(&self, mut image: DynamicImage) -> Result<Output> {
         for step in &self.steps {

@@ -169,6 +169,13 @@ impl BoxFit {
         }
     }
 
+    /// The resampled size when it is smaller than `source` on both sides: what a
+    /// decoder that shrinks on load must keep.
+    pub fn shrink_hint(&self, source: (u32, u32)) -> Option<(u32, u32)> {
+        let scaled = self.plan(source).scaled;
+        (scaled.0 < source.0 && scaled.1 < source.1).then_some(scaled)
+    }
+
     /// Applies the fit: resample, then crop (`cover`) or pad (`contain`).
     pub fn apply(
         &self,

@@ -195,6 +195,10 @@ impl Operation for Ascii {
         (self.columns, self.rows_for(input))
     }
 
+    fn shrink_hint(&self, input: (u32, u32)) -> Option<(u32, u32)> {
+        Some(self.output_size(input))
+    }
+
     fn text_extension(&self) -> &'static str {
         if self.color == Color::Html {
             "html"

@@ -196,9 +196,9 @@ mod tests {
     #[test]
     fn rectangles_and_aspects() {
         let image = DynamicImage::new_rgb8(400, 300);
-        let cases: [(&[(&str, &str)], (u32, u32)); 3] = [
+        let cases = [
             (
-                &[("x", "10"), ("y", "20"), ("w", "100"), ("h", "50")],
+                &[("x", "10"), ("y", "20"), ("w", "100"), ("h", "50")][..],
                 (100, 50),
             ),
             (&[("aspect", "1:1")], (300, 300)),

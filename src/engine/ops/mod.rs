@@ -41,6 +41,12 @@ pub trait Operation: Send + Sync + fmt::Debug {
         input
     }
 
+    /// For a first step that only scales down: the smallest input it needs to produce
+    /// the same result, so the decoder can shrink on load. `None`: the full image.
+    fn shrink_hint(&self, _input: (u32, u32)) -> Option<(u32, u32)> {
+        None
+    }
+
     /// The file extension of what a text transform writes (`txt`, `html`).
     fn text_extension(&self) -> &'static str {
         "txt"

@@ -86,6 +86,10 @@ impl Operation for Thumbnail {
     fn output_size(&self, input: (u32, u32)) -> (u32, u32) {
         self.fit.plan(input).canvas
     }
+
+    fn shrink_hint(&self, input: (u32, u32)) -> Option<(u32, u32)> {
+        self.fit.shrink_hint(input)
+    }
 }
 
 #[cfg(test)]

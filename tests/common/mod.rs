@@ -209,9 +209,8 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     encode(&halves(width, height), ImageFormat::Png)
 }
 
-/// A JPEG with an EXIF APP1 segment holding only an Orientation tag.
-pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
-    let jpeg = encode(image, ImageFormat::Jpeg);
+/// A TIFF block (the body of EXIF) holding only an Orientation tag.
+fn exif_orientation(orientation: u16) -> Vec<u8> {
     let mut tiff = Vec::new();
     tiff.extend_from_slice(b"MM\0*\0\0\0\x08"); // big-endian TIFF, first IFD at 8
     tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
@@ -221,6 +220,13 @@ pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> 
     tiff.extend_from_slice(&orientation.to_be_bytes());
     tiff.extend_from_slice(&[0, 0]); // value padding
     tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    tiff
+}
+
+/// A JPEG with an EXIF APP1 segment holding only an Orientation tag.
+pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+    let jpeg = encode(image, ImageFormat::Jpeg);
+    let tiff = exif_orientation(orientation);
     let mut app1 = vec![0xFF, 0xE1];
     app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
     app1.extend_from_slice(b"Exif\0\0");
@@ -228,6 +234,32 @@ pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> 
     let mut out = jpeg[..2].to_vec();
     out.extend_from_slice(&app1);
     out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// An extended (VP8X) lossless WebP with an EXIF chunk holding an Orientation tag.
+pub fn webp_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+    let simple = encode(&DynamicImage::ImageRgb8(image.to_rgb8()), ImageFormat::WebP);
+    let bitstream = &simple[12..]; // the VP8L chunk, header included
+    let chunk = |tag: &[u8], body: &[u8]| {
+        let mut chunk = tag.to_vec();
+        chunk.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        chunk.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            chunk.push(0);
+        }
+        chunk
+    };
+    let mut vp8x = vec![0x08, 0, 0, 0]; // flags: EXIF present
+    vp8x.extend_from_slice(&(image.width() - 1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&(image.height() - 1).to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    body.extend(chunk(b"VP8X", &vp8x));
+    body.extend_from_slice(bitstream);
+    body.extend(chunk(b"EXIF", &exif_orientation(orientation)));
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend(body);
     out
 }
 

@@ -1,0 +1,572 @@
+//! The transform engine over HTTP: every transform, pipelines and presets, output
+//! formats, colour, orientation, alpha, animation and limits, checked on pixels.
+
+mod common;
+
+use common::*;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use reqwest::StatusCode;
+
+/// Four quadrants of distinct colours, so every orientation is recognisable.
+fn quadrants(width: u32, height: u32) -> DynamicImage {
+    const COLOURS: [[u8; 3]; 4] = [[220, 30, 30], [30, 200, 30], [30, 30, 220], [230, 230, 30]];
+    DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
+        let quadrant = usize::from(x >= width / 2) + 2 * usize::from(y >= height / 2);
+        Rgb(COLOURS[quadrant])
+    }))
+}
+
+/// The colour at a fractional position, as the index of the closest quadrant colour.
+fn quadrant_at(image: &DynamicImage, fx: f64, fy: f64) -> usize {
+    const COLOURS: [[i32; 3]; 4] = [[220, 30, 30], [30, 200, 30], [30, 30, 220], [230, 230, 30]];
+    let x = ((f64::from(image.width()) * fx) as u32).min(image.width() - 1);
+    let y = ((f64::from(image.height()) * fy) as u32).min(image.height() - 1);
+    let p = image.to_rgb8().get_pixel(x, y).0.map(i32::from);
+    (0..4)
+        .min_by_key(|&i| (0..3).map(|c| (p[c] - COLOURS[i][c]).abs()).sum::<i32>())
+        .unwrap()
+}
+
+async fn upload(server: &TestServer, bytes: &[u8]) -> String {
+    server.upload(bytes).await;
+    sha1_hex(bytes)
+}
+
+#[tokio::test]
+async fn transforms_lists_every_transform_with_its_parameter_schema() {
+    let server = TestServer::start_with(|s| {
+        s.presets
+            .insert("avatar".into(), "thumbnail(size=96,fit=cover)".into());
+    })
+    .await;
+    let catalogue = server.get_json("/transforms/").await;
+    let names: Vec<&str> = catalogue["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "thumbnail",
+        "resize",
+        "crop",
+        "rotate",
+        "flip",
+        "grayscale",
+        "blur",
+        "sharpen",
+        "brightness",
+        "contrast",
+        "convert",
+        "ascii",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let resize = catalogue["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "resize")
+        .unwrap();
+    let fit = resize["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fit")
+        .unwrap();
+    assert_eq!(fit["type"], "choice");
+    assert_eq!(fit["default"], "cover");
+    assert!(fit["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "contain"));
+    let width = resize["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "w")
+        .unwrap();
+    assert_eq!(
+        (
+            width["type"].as_str(),
+            width["min"].as_i64(),
+            width["max"].as_i64()
+        ),
+        (Some("int"), Some(1), Some(16384))
+    );
+    let formats: Vec<&str> = catalogue["output_formats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        formats,
+        ["jpeg", "png", "webp", "avif", "gif", "bmp", "tiff"]
+    );
+    assert_eq!(
+        catalogue["presets"]["avatar"],
+        "thumbnail(size=96,fit=cover)"
+    );
+    assert!(catalogue["output_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "q"));
+}
+
+#[tokio::test]
+async fn every_transform_works_over_http() {
+    let server = TestServer::start().await;
+    let id = upload(&server, &encode(&quadrants(200, 100), ImageFormat::Png)).await;
+    let cases: &[(&str, (u32, u32))] = &[
+        ("resize/?w=100&h=100", (100, 100)),
+        ("resize/?w=100&h=100&fit=inside", (100, 50)),
+        ("resize/?w=50&h=50&fit=cover&gravity=entropy", (50, 50)),
+        ("crop/?x=10&y=10&w=30&h=20", (30, 20)),
+        ("crop/?aspect=1:1&gravity=east", (100, 100)),
+        ("rotate/?deg=90", (100, 200)),
+        ("flip/?axis=v", (200, 100)),
+        ("grayscale/", (200, 100)),
+        ("blur/?sigma=3", (200, 100)),
+        ("sharpen/?amount=2", (200, 100)),
+        ("brightness/?amount=20", (200, 100)),
+        ("contrast/?amount=-20", (200, 100)),
+        ("thumbnail/?size=64&fit=cover", (64, 64)),
+    ];
+    for (path, size) in cases {
+        let response = server.get(&format!("/images/{id}/{path}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(response.headers()["content-type"], "image/png", "{path}");
+        let image = decode(&response.bytes().await.unwrap());
+        assert_eq!((image.width(), image.height()), *size, "{path}");
+    }
+    // Pixels moved where they should: rotate 90 puts the top-left quadrant top-right,
+    // a vertical flip puts it bottom-left, an east crop keeps the right half.
+    assert_eq!(
+        quadrant_at(
+            &server
+                .get_image(&format!("/images/{id}/rotate/?deg=90"))
+                .await,
+            0.75,
+            0.25
+        ),
+        0
+    );
+    assert_eq!(
+        quadrant_at(
+            &server
+                .get_image(&format!("/images/{id}/flip/?axis=v"))
+                .await,
+            0.25,
+            0.75
+        ),
+        0
+    );
+    assert_eq!(
+        quadrant_at(
+            &server
+                .get_image(&format!("/images/{id}/crop/?aspect=1:1&gravity=east"))
+                .await,
+            0.75,
+            0.25
+        ),
+        1
+    );
+    let gray = server.get_image(&format!("/images/{id}/grayscale/")).await;
+    assert!(!gray.color().has_color());
+}
+
+#[tokio::test]
+async fn pipelines_run_in_order_and_share_one_canonical_cache_entry() {
+    let server = TestServer::start_with(|s| {
+        s.presets.insert(
+            "square".into(),
+            "crop(aspect=1:1)/resize(w=64)/grayscale".into(),
+        );
+    })
+    .await;
+    let id = upload(&server, &encode(&quadrants(300, 200), ImageFormat::Jpeg)).await;
+    let path = format!("/images/{id}/crop(aspect=1:1)/resize(w=64)/grayscale/?format=webp");
+    let response = server.get(&path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "image/webp");
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    let image = decode(&response.bytes().await.unwrap());
+    assert_eq!((image.width(), image.height()), (64, 64));
+    let [r, g, b] = image.to_rgb8().get_pixel(10, 10).0;
+    assert!(r.abs_diff(g) < 8 && g.abs_diff(b) < 8, "grey: {r} {g} {b}");
+
+    // The preset is the same pipeline: same key, so already cached.
+    let preset = server
+        .get(&format!("/images/{id}/square/?format=webp"))
+        .await;
+    assert_eq!(preset.headers()["x-cache"], "HIT");
+    let key = format!(
+        "{}.e1.crop(aspect=1:1,gravity=center)+resize(w=64,fit=cover,upscale=false,filter=lanczos3)+grayscale.q80.webp",
+        blob_key(&id)
+    );
+    assert!(server.object(&key).exists(), "{:?}", server.stored_files());
+
+    // Percent-encoded, as browsers send it.
+    let encoded =
+        format!("/images/{id}/crop%28aspect%3D1%3A1%29/resize%28w%3D64%29/grayscale/?format=webp");
+    assert_eq!(server.get(&encoded).await.headers()["x-cache"], "HIT");
+}
+
+#[tokio::test]
+async fn bad_pipelines_are_400_pointing_at_the_step() {
+    let server = TestServer::start().await;
+    let id = upload(&server, &jpeg(20, 20)).await;
+    for (pipeline, code, step) in [
+        (
+            "crop(aspect=1:1)/resize(w=abc)",
+            "invalid_parameter",
+            "step 2",
+        ),
+        ("crop(aspect=1:1/resize(w=10)", "invalid_pipeline", "step 1"),
+        ("grayscale/resize(w)", "invalid_pipeline", "step 2"),
+        ("ascii/grayscale", "invalid_pipeline", "step 2"),
+        ("grayscale/sepia", "unknown_transform", "step 2"),
+    ] {
+        let response = server.get(&format!("/images/{id}/{pipeline}/")).await;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        let expected = if code == "unknown_transform" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(status, expected, "{pipeline}: {body}");
+        assert_eq!(body["error"]["code"], code, "{pipeline}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(step),
+            "{pipeline}: {body}"
+        );
+    }
+    let response = server
+        .get(&format!("/images/{id}/grayscale/blur/?sigma=2"))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn format_auto_follows_accept_and_varies_on_it() {
+    let server = TestServer::start().await;
+    let id = upload(&server, &jpeg(64, 48)).await;
+    let path = server.url(&format!("/images/{id}/thumbnail/?size=32&format=auto"));
+    for (accept, content_type) in [
+        ("image/avif,image/webp,*/*", "image/avif"),
+        ("image/webp,*/*", "image/webp"),
+        ("*/*", "image/jpeg"),
+    ] {
+        let response = server
+            .client
+            .get(&path)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], content_type, "{accept}");
+        assert_eq!(response.headers()["vary"], "accept");
+        let body = response.bytes().await.unwrap();
+        if content_type == "image/avif" {
+            assert_eq!(&body[4..12], b"ftypavif");
+        } else {
+            assert_eq!(decode(&body).width(), 32);
+        }
+    }
+    let derived = server
+        .stored_files()
+        .into_iter()
+        .filter(|f| f.contains(".e1."))
+        .count();
+    assert_eq!(derived, 3, "one cached object per negotiated format");
+}
+
+#[tokio::test]
+async fn every_output_format_is_what_it_says() {
+    let server = TestServer::start().await;
+    let id = upload(&server, &png(40, 30)).await;
+    for (format, content_type) in [
+        ("jpeg", "image/jpeg"),
+        ("png", "image/png"),
+        ("webp", "image/webp"),
+        ("gif", "image/gif"),
+        ("bmp", "image/bmp"),
+        ("tiff", "image/tiff"),
+        ("avif", "image/avif"),
+    ] {
+        let response = server
+            .get(&format!("/images/{id}/convert/?format={format}"))
+            .await;
+        assert_eq!(response.headers()["content-type"], content_type);
+        let body = response.bytes().await.unwrap();
+        if format == "avif" {
+            assert_eq!(&body[4..12], b"ftypavif");
+            continue;
+        }
+        let image = decode(&body);
+        assert_eq!((image.width(), image.height()), (40, 30), "{format}");
+        assert!(is_red(&image, 5, 15) && is_blue(&image, 35, 15), "{format}");
+    }
+    let lossless = server
+        .get(&format!("/images/{id}/convert/?format=webp&lossless=true"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&lossless[12..16], b"VP8L");
+    assert_eq!(
+        decode(&lossless).to_rgb8(),
+        decode(&png(40, 30)).to_rgb8(),
+        "lossless is exact"
+    );
+}
+
+#[tokio::test]
+async fn alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere() {
+    let server = TestServer::start().await;
+    // Left half transparent, right half opaque blue.
+    let rgba = RgbaImage::from_fn(40, 20, |x, _| {
+        if x < 20 {
+            Rgba([0, 0, 0, 0])
+        } else {
+            Rgba([20, 20, 220, 255])
+        }
+    });
+    let id = upload(
+        &server,
+        &encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
+    )
+    .await;
+    for format in ["png", "webp&lossless=true", "webp", "tiff"] {
+        let image = server
+            .get_image(&format!("/images/{id}/convert/?format={format}"))
+            .await;
+        assert!(image.color().has_alpha(), "{format}");
+        assert_eq!(
+            image.to_rgba8().get_pixel(5, 10).0[3],
+            0,
+            "{format} keeps transparency"
+        );
+    }
+    let white = server
+        .get_image(&format!("/images/{id}/convert/?format=jpeg"))
+        .await
+        .to_rgb8();
+    assert!(
+        white.get_pixel(5, 10).0.iter().all(|&c| c > 240),
+        "default bg is white"
+    );
+    let red = server
+        .get_image(&format!("/images/{id}/convert/?format=jpeg&bg=ff0000"))
+        .await
+        .to_rgb8();
+    let [r, g, b] = red.get_pixel(5, 10).0;
+    assert!(r > 240 && g < 20 && b < 20, "bg=ff0000: {r} {g} {b}");
+    assert!(
+        is_blue(&DynamicImage::ImageRgb8(red), 30, 10),
+        "opaque pixels stay"
+    );
+}
+
+#[tokio::test]
+async fn exif_orientations_one_to_eight_come_out_upright() {
+    let server = TestServer::start().await;
+    // Stored pixels for each orientation are chosen so that, once the tag is applied,
+    // the upright image is `quadrants(40, 20)`: red top-left, green top-right.
+    let upright = quadrants(40, 20);
+    for orientation in 1..=8u16 {
+        let stored = match orientation {
+            1 => upright.clone(),
+            2 => upright.fliph(),
+            3 => upright.rotate180(),
+            4 => upright.flipv(),
+            5 => upright.rotate90().fliph(),
+            6 => upright.rotate270(),
+            7 => upright.rotate270().fliph(),
+            _ => upright.rotate90(),
+        };
+        for format in ["jpeg", "webp"] {
+            let bytes = if format == "jpeg" {
+                jpeg_with_orientation(&stored, orientation)
+            } else {
+                webp_with_orientation(&stored, orientation)
+            };
+            let response = server
+                .post_raw("/on_demand/convert/?format=png", "image/x", bytes)
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "{format} {orientation}");
+            let image = decode(&response.bytes().await.unwrap());
+            assert_eq!(
+                (image.width(), image.height()),
+                (40, 20),
+                "{format} orientation {orientation}"
+            );
+            let layout = [
+                quadrant_at(&image, 0.25, 0.25),
+                quadrant_at(&image, 0.75, 0.25),
+                quadrant_at(&image, 0.25, 0.75),
+            ];
+            assert_eq!(layout, [0, 1, 2], "{format} orientation {orientation}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn embedded_icc_profiles_are_converted_to_srgb() {
+    use lcms2::{CIExyY, CIExyYTRIPLE, Intent, PixelFormat, Profile, ToneCurve, Transform};
+    // An Adobe-RGB-like profile: wider green primary than sRGB.
+    let curve = ToneCurve::new(2.2);
+    let wide = Profile::new_rgb(
+        &CIExyY {
+            x: 0.3127,
+            y: 0.3290,
+            Y: 1.0,
+        },
+        &CIExyYTRIPLE {
+            Red: CIExyY {
+                x: 0.64,
+                y: 0.33,
+                Y: 1.0,
+            },
+            Green: CIExyY {
+                x: 0.21,
+                y: 0.71,
+                Y: 1.0,
+            },
+            Blue: CIExyY {
+                x: 0.15,
+                y: 0.06,
+                Y: 1.0,
+            },
+        },
+        &[&curve, &curve, &curve],
+    )
+    .unwrap();
+    let colour = [90u8, 160, 90];
+    let mut expected = [0u8; 3];
+    Transform::<u8, u8>::new(
+        &wide,
+        PixelFormat::RGB_8,
+        &Profile::new_srgb(),
+        PixelFormat::RGB_8,
+        Intent::Perceptual,
+    )
+    .unwrap()
+    .transform_pixels(&colour, &mut expected);
+    assert!(
+        expected.iter().zip(colour).any(|(e, c)| e.abs_diff(c) > 10),
+        "the profiles differ: {expected:?}"
+    );
+
+    let flat = DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, Rgb(colour)));
+    let jpeg = encode(&flat, ImageFormat::Jpeg);
+    let icc = wide.icc().unwrap();
+    let mut app2 = vec![0xFF, 0xE2];
+    app2.extend_from_slice(&((2 + 14 + icc.len()) as u16).to_be_bytes());
+    app2.extend_from_slice(b"ICC_PROFILE\0\x01\x01");
+    app2.extend_from_slice(&icc);
+    let mut tagged = jpeg[..2].to_vec();
+    tagged.extend_from_slice(&app2);
+    tagged.extend_from_slice(&jpeg[2..]);
+
+    let response = server_convert_png(tagged).await;
+    let got = response.to_rgb8().get_pixel(8, 8).0;
+    assert!(
+        got.iter().zip(expected).all(|(g, e)| g.abs_diff(e) <= 4),
+        "got {got:?}, expected {expected:?}"
+    );
+}
+
+async fn server_convert_png(bytes: Vec<u8>) -> DynamicImage {
+    let server = TestServer::start().await;
+    let response = server
+        .post_raw("/on_demand/convert/?format=png", "image/jpeg", bytes)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    decode(&response.bytes().await.unwrap())
+}
+
+#[tokio::test]
+async fn cmyk_jpegs_come_out_in_the_right_colours() {
+    let bytes = fixture("pil_sample_cmyk.jpg");
+    let ours = server_convert_png(bytes.clone()).await.to_rgb8();
+    // The image crate's decoder converts CMYK on its own: an independent reference.
+    let reference = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), reference.dimensions());
+    let difference: u64 = ours
+        .as_raw()
+        .iter()
+        .zip(reference.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = difference as f64 / ours.as_raw().len() as f64;
+    assert!(mean < 6.0, "mean difference {mean}");
+}
+
+#[tokio::test]
+async fn sixteen_bit_and_gray_alpha_pngs_work() {
+    let server = TestServer::start().await;
+    let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(30, 20, |x, _| {
+        image::Rgb([if x < 15 { 60000 } else { 0 }, 0, 0])
+    }));
+    let id = upload(&server, &encode(&deep, ImageFormat::Png)).await;
+    let thumb = server
+        .get_image(&format!("/images/{id}/thumbnail/?w=15"))
+        .await;
+    assert_eq!((thumb.width(), thumb.height()), (15, 10));
+    let jpeg = server
+        .get_image(&format!("/images/{id}/thumbnail/?w=15&format=jpeg"))
+        .await;
+    assert!(jpeg.to_rgb8().get_pixel(2, 5).0[0] > 200);
+
+    let gray_alpha = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(20, 20, |x, _| {
+        image::LumaA([128, if x < 10 { 0 } else { 255 }])
+    }));
+    let id = upload(&server, &encode(&gray_alpha, ImageFormat::Png)).await;
+    let webp = server
+        .get_image(&format!("/images/{id}/resize/?w=10&format=webp"))
+        .await;
+    assert_eq!(webp.to_rgba8().get_pixel(1, 5).0[3], 0);
+}
+
+#[tokio::test]
+async fn an_animated_gif_gives_its_first_frame_as_a_still() {
+    let server = TestServer::start().await;
+    let frames = [Rgba([220, 20, 20, 255]), Rgba([20, 20, 220, 255])]
+        .map(|colour| image::Frame::new(RgbaImage::from_pixel(16, 16, colour)));
+    let mut gif = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+        encoder.encode_frames(frames).unwrap();
+    }
+    let response = server
+        .post_raw("/on_demand/thumbnail/?size=8&format=png", "image/gif", gif)
+        .await;
+    let still = decode(&response.bytes().await.unwrap());
+    assert!(is_red(&still, 4, 4), "first frame");
+}
+
+#[tokio::test]
+async fn outputs_over_the_limit_are_413_before_decoding() {
+    let server = TestServer::start_with(|s| s.limits.max_output_pixels = 1_000_000).await;
+    let id = upload(&server, &jpeg(100, 100)).await;
+    let response = server
+        .get(&format!("/images/{id}/resize/?w=2000&h=2000&upscale=true"))
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "max_output_pixels");
+    assert!(server
+        .get(&format!("/images/{id}/resize/?w=1000&h=1000&upscale=true"))
+        .await
+        .status()
+        .is_success());
+}

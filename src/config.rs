@@ -45,6 +45,8 @@ pub struct Limits {
     /// Largest image any transform step may produce, in pixels (413 beyond it),
     /// checked before decoding.
     pub max_output_pixels: u64,
+    /// Most frames an animation may have when `animated=true` keeps them (413 beyond).
+    pub max_frames: u64,
     /// Seconds a client has to send its request headers before the connection closes.
     pub header_read_timeout_secs: u64,
 }
@@ -68,6 +70,7 @@ impl Default for Limits {
             max_upload_bytes: 50 * 1024 * 1024,
             max_input_pixels: 50_000_000,
             max_output_pixels: 50_000_000,
+            max_frames: 100,
             header_read_timeout_secs: 30,
         }
     }

@@ -537,21 +537,99 @@ async fn sixteen_bit_and_gray_alpha_pngs_work() {
     assert_eq!(webp.to_rgba8().get_pixel(1, 5).0[3], 0);
 }
 
-#[tokio::test]
-async fn an_animated_gif_gives_its_first_frame_as_a_still() {
-    let server = TestServer::start().await;
-    let frames = [Rgba([220, 20, 20, 255]), Rgba([20, 20, 220, 255])]
-        .map(|colour| image::Frame::new(RgbaImage::from_pixel(16, 16, colour)));
+/// A 16x16 animated GIF of three solid frames: red, green, blue.
+fn traffic_light() -> Vec<u8> {
+    let colours = [
+        Rgba([220, 20, 20, 255]),
+        Rgba([20, 200, 20, 255]),
+        Rgba([20, 20, 220, 255]),
+    ];
+    let frames = colours.map(|colour| {
+        image::Frame::from_parts(
+            RgbaImage::from_pixel(16, 16, colour),
+            0,
+            0,
+            image::Delay::from_numer_denom_ms(100, 1),
+        )
+    });
     let mut gif = Vec::new();
     {
         let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
         encoder.encode_frames(frames).unwrap();
     }
+    gif
+}
+
+fn frames_of(decoder: impl image::AnimationDecoder<'static>) -> Vec<RgbaImage> {
+    decoder
+        .into_frames()
+        .map(|f| f.unwrap().into_buffer())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_animated_gif_gives_its_first_frame_as_a_still() {
+    let server = TestServer::start().await;
     let response = server
-        .post_raw("/on_demand/thumbnail/?size=8&format=png", "image/gif", gif)
+        .post_raw(
+            "/on_demand/thumbnail/?size=8&format=png",
+            "image/gif",
+            traffic_light(),
+        )
         .await;
     let still = decode(&response.bytes().await.unwrap());
     assert!(is_red(&still, 4, 4), "first frame");
+}
+
+#[tokio::test]
+async fn animated_true_keeps_every_frame_in_gif_and_webp() {
+    let server = TestServer::start().await;
+    let id = upload(&server, &traffic_light()).await;
+    let gif = server
+        .get(&format!("/images/{id}/thumbnail/?size=8&animated=true"))
+        .await;
+    assert_eq!(gif.headers()["content-type"], "image/gif");
+    let bytes = gif.bytes().await.unwrap().to_vec();
+    let frames =
+        frames_of(image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes)).unwrap());
+    assert_eq!(frames.len(), 3);
+    assert!(
+        frames.iter().all(|f| f.dimensions() == (8, 8)),
+        "every frame went through the pipeline"
+    );
+    let greens: Vec<u8> = frames.iter().map(|f| f.get_pixel(4, 4).0[1]).collect();
+    assert!(
+        greens[0] < 100 && greens[1] > 150 && greens[2] < 100,
+        "{greens:?}"
+    );
+
+    let webp = server
+        .get(&format!(
+            "/images/{id}/thumbnail/?size=8&animated=true&format=webp&lossless=true"
+        ))
+        .await;
+    assert_eq!(webp.headers()["content-type"], "image/webp");
+    let bytes = webp.bytes().await.unwrap().to_vec();
+    assert!(bytes.windows(4).any(|w| w == b"ANIM"), "an animated WebP");
+    let frames =
+        frames_of(image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes)).unwrap());
+    assert_eq!(frames.len(), 3);
+    assert!(frames[2].get_pixel(4, 4).0[2] > 200, "the last frame is blue");
+}
+
+#[tokio::test]
+async fn animations_over_max_frames_are_413() {
+    let server = TestServer::start_with(|s| s.limits.max_frames = 2).await;
+    let response = server
+        .post_raw(
+            "/on_demand/convert/?format=gif&animated=true",
+            "image/gif",
+            traffic_light(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "max_frames");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //!
 //! [`key`]: TransformSpec::key
 
+mod animation;
 mod color;
 pub mod decode;
 pub mod encode;
@@ -196,6 +197,23 @@ impl Engine {
     /// Runs `spec` on encoded `bytes`: probe, decode upright, transform, encode.
     pub fn render(&self, bytes: &[u8], spec: &TransformSpec) -> Result<Rendered> {
         let probe = self.probe(bytes)?;
+        if let OutputFormat::Image(format) = spec.output_format(probe.format) {
+            let animatable = matches!(probe.format, Format::Gif | Format::WebP | Format::Png);
+            if spec.output.animated && format.can_animate() && animatable {
+                let bytes = animation::render(
+                    bytes,
+                    probe.format,
+                    &self.limits,
+                    &spec.pipeline,
+                    format,
+                    &spec.output,
+                )?;
+                return Ok(Rendered {
+                    bytes,
+                    content_type: content_type_of_key(&spec.key(probe.format)),
+                });
+            }
+        }
         let max_output = self.limits.max_output_pixels;
         let image = decode::decode(bytes, &probe, &self.limits, |upright| {
             spec.pipeline.plan(upright, max_output)

@@ -1,77 +1,14 @@
-//! Decoding: encoded bytes to upright sRGB pixels, within limits, no larger than needed.
-//!
-//! Runs only after [`probe`](super::probe) has accepted the header. Before any pixel
-//! is decoded, the caller's `plan` sees the upright size: it checks the output limits
-//! and says how small the decoder may go. JPEGs are decoded by mozjpeg
-//! (libjpeg-turbo's SIMD code), which can scale by 1/2, 1/4 or 1/8 inside the inverse
-//! DCT ("shrink-on-load"): a 12 MP photo bound for a 300 px thumbnail is never
-//! decoded at full size, which saves most of the time and memory. Other formats go
-//! through the image crate with an allocation limit.
-//!
-//! EXIF orientation is applied here, before any transform does size maths, so a photo
-//! shot in portrait is portrait everywhere. Embedded ICC profiles are converted to sRGB.
-
-use std::io::Cursor;
+//! JPEG through mozjpeg: shrink-on-load in the IDCT, EXIF orientation, ICC, CMYK.
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError};
+use image::DynamicImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use crate::config::Limits;
-use crate::engine::{color, Format, Probe};
+use super::{upright, SHRINK_MARGIN};
+use crate::engine::color;
 use crate::error::{Error, Result};
 
-/// Bytes per pixel of the widest layout a decoder may produce (RGBA, 16 bits each).
-const MAX_BYTES_PER_PIXEL: u64 = 8;
-
-/// How much larger than the pipeline's first resample the decoded image stays, so the
-/// final Lanczos pass still has pixels to average (no aliasing from the DCT shrink).
-const SHRINK_MARGIN: u32 = 2;
-
-/// Decodes a probed image and turns it upright. `plan` receives the upright size and
-/// returns the smallest size the pipeline needs (`None`: full size), or an error.
 pub fn decode(
-    bytes: &[u8],
-    probe: &Probe,
-    limits: &Limits,
-    plan: impl FnOnce((u32, u32)) -> Result<Option<(u32, u32)>>,
-) -> Result<DynamicImage> {
-    if probe.format == Format::Jpeg {
-        return decode_jpeg(bytes, plan);
-    }
-    let mut reader =
-        image::ImageReader::with_format(Cursor::new(bytes), probe.format.to_image_format());
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_input_pixels.saturating_mul(MAX_BYTES_PER_PIXEL));
-    reader.limits(decoder_limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|err| decode_error(probe.format, err))?;
-    // A broken EXIF block is no reason to refuse an image: it is shown as stored.
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let icc = decoder.icc_profile().ok().flatten();
-    plan(upright(decoder.dimensions(), orientation))?;
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|err| decode_error(probe.format, err))?;
-    if let Some(icc) = icc {
-        image = color::to_srgb(image, &icc);
-    }
-    image.apply_orientation(orientation);
-    Ok(image)
-}
-
-/// The size after `orientation` is applied.
-fn upright((width, height): (u32, u32), orientation: Orientation) -> (u32, u32) {
-    match orientation {
-        Orientation::Rotate90
-        | Orientation::Rotate270
-        | Orientation::Rotate90FlipH
-        | Orientation::Rotate270FlipH => (height, width),
-        _ => (width, height),
-    }
-}
-
-fn decode_jpeg(
     bytes: &[u8],
     plan: impl FnOnce((u32, u32)) -> Result<Option<(u32, u32)>>,
 ) -> Result<DynamicImage> {
@@ -163,19 +100,6 @@ fn dct_scale(full: (u32, u32), needed: (u32, u32)) -> u8 {
             scaled(full.0) >= needed.0 * SHRINK_MARGIN && scaled(full.1) >= needed.1 * SHRINK_MARGIN
         })
         .unwrap_or(8)
-}
-
-fn decode_error(format: Format, err: ImageError) -> Error {
-    match err {
-        ImageError::Limits(limit) => Error::too_large(
-            "max_input_pixels",
-            format!("decoding this {format} would exceed the memory allowed by max_input_pixels: {limit}"),
-        ),
-        ImageError::Unsupported(what) => {
-            Error::unsupported(format!("this {format} uses a feature the engine does not support: {what}"))
-        }
-        other => Error::undecodable(format!("this {format} cannot be decoded: {other}")),
-    }
 }
 
 #[cfg(test)]

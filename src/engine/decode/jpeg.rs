@@ -107,10 +107,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dct_scale_keeps_a_margin_over_the_target() {
-        assert_eq!(dct_scale((2560, 1600), (300, 188)), 2); // 640x400 >= 600x376
-        assert_eq!(dct_scale((2560, 1600), (128, 80)), 1); // 320x200 >= 256x160
-        assert_eq!(dct_scale((2560, 1600), (1200, 750)), 8);
-        assert_eq!(dct_scale((100, 100), (10, 10)), 2); // 25x25 >= 20x20
+    fn dct_scale_keeps_at_least_the_target_size() {
+        let margin = |n: u32| n * SHRINK_MARGIN;
+        for (full, needed) in [
+            ((2560, 1600), (300, 188)),
+            ((2560, 1600), (1200, 750)),
+            ((100, 100), (10, 10)),
+        ] {
+            let n = u32::from(dct_scale(full, needed));
+            assert!(full.0 * n / 8 >= margin(needed.0) && full.1 * n / 8 >= margin(needed.1));
+            if n > 1 {
+                let smaller = n / 2;
+                assert!(
+                    full.0 * smaller / 8 < margin(needed.0)
+                        || full.1 * smaller / 8 < margin(needed.1),
+                    "{n} is the smallest"
+                );
+            }
+        }
+        assert_eq!(
+            dct_scale((2560, 1600), (3000, 2000)),
+            8,
+            "never above full size"
+        );
     }
 }

@@ -614,7 +614,10 @@ async fn animated_true_keeps_every_frame_in_gif_and_webp() {
     let frames =
         frames_of(image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes)).unwrap());
     assert_eq!(frames.len(), 3);
-    assert!(frames[2].get_pixel(4, 4).0[2] > 200, "the last frame is blue");
+    assert!(
+        frames[2].get_pixel(4, 4).0[2] > 200,
+        "the last frame is blue"
+    );
 }
 
 #[tokio::test]

@@ -651,3 +651,60 @@ async fn outputs_over_the_limit_are_413_before_decoding() {
         .status()
         .is_success());
 }
+
+/// A progressive JPEG (mozjpeg's default scan script: DC first, then AC).
+fn progressive_jpeg(image: &DynamicImage) -> Vec<u8> {
+    let rgb = image.to_rgb8();
+    let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    compress.set_size(rgb.width() as usize, rgb.height() as usize);
+    compress.set_quality(90.0);
+    compress.set_progressive_mode();
+    let mut started = compress.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(rgb.as_raw()).unwrap();
+    started.finish().unwrap()
+}
+
+#[tokio::test]
+async fn small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone() {
+    let server = TestServer::start().await;
+    let bytes = progressive_jpeg(&quadrants(800, 400));
+    assert_eq!(&bytes[..2], [0xFF, 0xD8]);
+    // 800 / 8 = 100: the whole thumbnail can come from the DC coefficients.
+    let thumb = server
+        .post_raw(
+            "/on_demand/thumbnail/?w=100&format=png",
+            "image/jpeg",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(thumb.status(), StatusCode::OK);
+    let thumb = decode(&thumb.bytes().await.unwrap());
+    assert_eq!((thumb.width(), thumb.height()), (100, 50));
+    let layout = [
+        quadrant_at(&thumb, 0.25, 0.25),
+        quadrant_at(&thumb, 0.75, 0.25),
+        quadrant_at(&thumb, 0.25, 0.75),
+        quadrant_at(&thumb, 0.75, 0.75),
+    ];
+    assert_eq!(layout, [0, 1, 2, 3]);
+    // The same picture a full decode and resize gives.
+    let reference = image::load_from_memory(&bytes)
+        .unwrap()
+        .resize_exact(100, 50, image::imageops::FilterType::Lanczos3)
+        .to_rgb8();
+    let difference: u64 = thumb
+        .to_rgb8()
+        .as_raw()
+        .iter()
+        .zip(reference.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = difference as f64 / reference.as_raw().len() as f64;
+    assert!(mean < 4.0, "mean difference {mean}");
+    // Truncated in the AC scans: still refused, never padded with grey.
+    let cut = bytes[..bytes.len() * 3 / 4].to_vec();
+    let response = server
+        .post_raw("/on_demand/thumbnail/?w=100", "image/jpeg", cut)
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}

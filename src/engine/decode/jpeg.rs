@@ -4,7 +4,7 @@ use image::metadata::Orientation;
 use image::DynamicImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{upright, SHRINK_MARGIN};
+use super::{progressive, upright, SHRINK_MARGIN};
 use crate::engine::color;
 use crate::error::{Error, Result};
 
@@ -45,12 +45,22 @@ pub fn decode(
     let icc = (!icc.is_empty()).then_some(icc);
 
     let full = (decompress.width() as u32, decompress.height() as u32);
-    if let Some(needed) = plan(upright(full, orientation))? {
-        let needed = upright(needed, orientation);
-        decompress.scale(dct_scale(full, needed));
-    }
-    let mut image = match decompress.color_space() {
-        ColorSpace::JCS_GRAYSCALE => {
+    let scale = match plan(upright(full, orientation))? {
+        Some(needed) => dct_scale(full, upright(needed, orientation)),
+        None => 8,
+    };
+    decompress.scale(scale);
+    // At 1/8 a progressive JPEG needs only its DC scans (see progressive.rs).
+    let dc_only = match scale == 1 && progressive::is_progressive(bytes) {
+        true => progressive::decode_dc(bytes)?,
+        false => None,
+    };
+    let mut image = match (dc_only, decompress.color_space()) {
+        (Some(image), _) => match &icc {
+            Some(icc) => color::to_srgb(image, icc),
+            None => image,
+        },
+        (None, ColorSpace::JCS_GRAYSCALE) => {
             let mut started = decompress.grayscale().map_err(failed)?;
             let (width, height) = (started.width() as u32, started.height() as u32);
             let samples: Vec<u8> = started.read_scanlines().map_err(failed)?;
@@ -58,7 +68,7 @@ pub fn decode(
             color::gray(width, height, samples)
                 .ok_or_else(|| Error::undecodable("this jpeg has fewer rows than it claims"))?
         }
-        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
+        (None, ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) => {
             let mut started = decompress
                 .to_colorspace(ColorSpace::JCS_CMYK)
                 .map_err(failed)?;
@@ -73,7 +83,7 @@ pub fn decode(
                 adobe,
             ))
         }
-        _ => {
+        (None, _) => {
             let mut started = decompress.rgb().map_err(failed)?;
             let (width, height) = (started.width() as u32, started.height() as u32);
             let samples: Vec<u8> = started.read_scanlines().map_err(failed)?;

@@ -17,6 +17,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError};
 
 mod jpeg;
+mod progressive;
 mod webp;
 
 use crate::config::Limits;

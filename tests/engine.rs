@@ -708,3 +708,11 @@ async fn small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone() {
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn animated_outputs_respect_the_output_limit_too() {
+    let server = TestServer::start_with(|s| s.limits.max_output_pixels = 10_000).await;
+    let path = "/on_demand/resize/?w=200&h=200&upscale=true&format=gif&animated=true";
+    let response = server.post_raw(path, "image/gif", traffic_light()).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}

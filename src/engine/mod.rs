@@ -200,6 +200,9 @@ impl Engine {
         if let OutputFormat::Image(format) = spec.output_format(probe.format) {
             let animatable = matches!(probe.format, Format::Gif | Format::WebP | Format::Png);
             if spec.output.animated && format.can_animate() && animatable {
+                // Every frame has the canvas size the header gives.
+                spec.pipeline
+                    .plan((probe.width, probe.height), self.limits.max_output_pixels)?;
                 let bytes = animation::render(
                     bytes,
                     probe.format,

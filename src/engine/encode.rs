@@ -151,10 +151,7 @@ mod tests {
     use super::*;
 
     fn options(pairs: &[(&str, &str)]) -> OutputOptions {
-        let raw: Vec<_> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let raw = crate::engine::params::owned(pairs);
         OutputOptions::parse(&raw, None).unwrap()
     }
 

@@ -245,10 +245,7 @@ mod tests {
     use super::*;
 
     fn spec(path: &str, pairs: &[(&str, &str)]) -> Result<TransformSpec> {
-        let query: Vec<_> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let query = crate::engine::params::owned(pairs);
         TransformSpec::parse(path, &query, &Presets::default(), None)
     }
 

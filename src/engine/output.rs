@@ -175,10 +175,7 @@ mod tests {
     use super::*;
 
     fn options(pairs: &[(&str, &str)], accept: Option<&str>) -> OutputOptions {
-        let raw: Vec<_> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let raw = crate::engine::params::owned(pairs);
         OutputOptions::parse(&raw, accept).unwrap()
     }
 

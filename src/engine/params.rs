@@ -239,6 +239,15 @@ pub fn key_color(color: [u8; 3]) -> String {
     format!("{:02x}{:02x}{:02x}", color[0], color[1], color[2])
 }
 
+/// Owned `name=value` pairs from literals, as a query string parses into.
+#[cfg(test)]
+pub(crate) fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,10 +280,7 @@ mod tests {
     ];
 
     fn raw(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        owned(pairs)
     }
 
     #[test]

@@ -134,10 +134,7 @@ mod tests {
     use super::*;
 
     fn resize(pairs: &[(&str, &str)]) -> Box<dyn Operation> {
-        let raw: Vec<_> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let raw = crate::engine::params::owned(pairs);
         DEFINITION.build(&raw).unwrap()
     }
 

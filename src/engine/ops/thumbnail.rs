@@ -97,10 +97,7 @@ mod tests {
     use super::*;
 
     fn key(pairs: &[(&str, &str)]) -> String {
-        let raw: Vec<_> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let raw = crate::engine::params::owned(pairs);
         DEFINITION.build(&raw).unwrap().key()
     }
 

@@ -138,7 +138,7 @@ fn segment_length(bytes: &[u8], at: usize) -> Option<usize> {
 fn skip_scan(bytes: &[u8], at: usize) -> Option<usize> {
     let mut at = at + 2 + segment_length(bytes, at)?;
     loop {
-        let ff = at + bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        let ff = at + memchr::memchr(0xFF, bytes.get(at..)?)?;
         match *bytes.get(ff + 1)? {
             0x00 | 0xD0..=0xD7 | 0xFF => at = ff + 1,
             _ => return Some(ff),

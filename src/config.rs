@@ -20,15 +20,23 @@ use crate::error::{Error, Result};
 pub struct Settings {
     /// Address and port to listen on.
     pub listen: SocketAddr,
-    /// Where images live: a plain path, `file:///abs/path` or `memory://`.
+    /// Where images live: a plain path, `file:///abs/path`, `s3://bucket/prefix` or
+    /// `memory://`.
     pub store: String,
     /// Base URL used in `Location` headers and JSON `url` fields, for deployments
     /// behind a proxy that does not send `X-Forwarded-*`. Empty: derive from the request.
     pub public_url: String,
     /// How many decode/resize/encode jobs run at once; 0 means one per CPU core.
     pub transform_workers: usize,
+    /// Seconds a transform lease lives: while one instance computes a transform, the
+    /// others wait for its result this long at most (a crashed holder blocks no one longer).
+    pub transform_lease_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
+    pub shutdown_grace_secs: u64,
     /// Limits against abuse.
     pub limits: Limits,
+    /// How to reach an `s3://` store.
+    pub s3: S3Settings,
     /// Named pipelines, usable as `GET /images/<id>/<name>/`, e.g.
     /// `avatar = "crop(aspect=1:1)/resize(w=96)"`.
     pub presets: BTreeMap<String, String>,
@@ -51,6 +59,60 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
 }
 
+/// Options for `s3://` stores. Empty strings and `false` leave the standard `AWS_*`
+/// variables (what object_store's `AmazonS3Builder::from_env` reads) in charge.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// e.g. `http://127.0.0.1:9000` for MinIO; empty: AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: String,
+    /// Empty: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Allow a plain-HTTP endpoint (or `AWS_ALLOW_HTTP=true`).
+    pub allow_http: bool,
+    /// `https://bucket.host/key` instead of the path style `https://host/bucket/key`.
+    pub virtual_hosted_style: bool,
+    /// Empty: `AWS_ACCESS_KEY_ID` (then instance or web-identity credentials).
+    pub access_key_id: String,
+    /// Empty: `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// Empty: `AWS_SESSION_TOKEN`.
+    pub session_token: String,
+    /// Seconds one request to the store may take, body included.
+    pub request_timeout_secs: u64,
+    /// Seconds to open a connection to the store.
+    pub connect_timeout_secs: u64,
+    /// Retries of a failed request (with exponential backoff and jitter).
+    pub max_retries: usize,
+    /// Seconds after which no more retries start: the bound on how long a client waits
+    /// before an unreachable store becomes a 503.
+    pub retry_timeout_secs: u64,
+    /// Objects larger than this go up as a multipart upload.
+    pub multipart_threshold_bytes: u64,
+    /// The part size of multipart uploads (S3 requires at least 5 MiB).
+    pub multipart_part_bytes: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: String::new(),
+            allow_http: false,
+            virtual_hosted_style: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
+            request_timeout_secs: 30,
+            connect_timeout_secs: 5,
+            max_retries: 3,
+            retry_timeout_secs: 10,
+            multipart_threshold_bytes: 16 * 1024 * 1024,
+            multipart_part_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -58,7 +120,10 @@ impl Default for Settings {
             store: "./data".to_string(),
             public_url: String::new(),
             transform_workers: 0,
+            transform_lease_secs: 60,
+            shutdown_grace_secs: 30,
             limits: Limits::default(),
+            s3: S3Settings::default(),
             presets: BTreeMap::new(),
         }
     }

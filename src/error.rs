@@ -74,6 +74,10 @@ impl Error {
         Self::new(ErrorKind::Undecodable, "undecodable_image", message)
     }
 
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, "store_unavailable", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, "internal_error", message)
     }
@@ -92,10 +96,6 @@ impl From<object_store::Error> for Error {
     /// answer (not found, already exists) means the store is unhealthy: 503, retry.
     fn from(err: object_store::Error) -> Self {
         tracing::warn!(error = %err, "store error");
-        Self::new(
-            ErrorKind::Unavailable,
-            "store_unavailable",
-            format!("the image store failed: {err}"),
-        )
+        Self::unavailable(format!("the image store failed: {err}"))
     }
 }

@@ -21,15 +21,18 @@
 //!   (hash, validate, put-if-absent, sidecar), fetch, and transforms with the cache
 //!   and single-flight coalescing.
 //! - [`store`]: the object layout (`<h0>/<h1>/<id>`, `<id>.meta`, `<id>.<transform
-//!   key>`) and the sidecar, as a thin layer over any object_store backend.
+//!   key>`), the sidecar and transform leases, as a thin layer over any object_store
+//!   backend (a directory, S3, memory).
 //! - [`engine`]: probing, decoding (with limits and EXIF orientation), the transforms
 //!   (one file each under `engine/ops/`) and encoding. Pure: bytes in, bytes out.
+//! - [`migrate`]: `progimage migrate`, copying one store into another.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod migrate;
 pub mod service;
 pub mod store;
 

@@ -29,6 +29,9 @@ enum Command {
     Serve(Serve),
     /// Run one transform on local files, without a server.
     Transform(Transform),
+    /// Copy a store into another (e.g. a directory into a bucket); skips what is there,
+    /// so it can be run again to resume.
+    Migrate(Migrate),
 }
 
 /// Settings shared by every command; each flag beats its variable, which beats the file.
@@ -52,7 +55,7 @@ struct Serve {
     /// Address to listen on.
     #[arg(long, env = "PROGIMAGE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Store URL: a path, file:///abs/path or memory://.
+    /// Store URL: a path, file:///abs/path, s3://bucket/prefix or memory://.
     #[arg(long, env = "PROGIMAGE_STORE")]
     store: Option<String>,
     /// Base URL for Location headers, when behind a proxy.
@@ -61,6 +64,18 @@ struct Serve {
     /// Transform jobs at once (0: one per core).
     #[arg(long, env = "PROGIMAGE_TRANSFORM_WORKERS")]
     transform_workers: Option<usize>,
+}
+
+#[derive(Args)]
+struct Migrate {
+    #[command(flatten)]
+    common: Common,
+    /// The store to copy from (a path, file:///abs/path or s3://bucket/prefix).
+    #[arg(long)]
+    from: String,
+    /// The store to copy into; S3 options come from the settings file and AWS_* variables.
+    #[arg(long)]
+    to: String,
 }
 
 #[derive(Args)]
@@ -101,6 +116,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => run_serve(args),
         Command::Transform(args) => run_transform(args),
+        Command::Migrate(args) => run_migrate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,7 +140,7 @@ fn run_serve(args: Serve) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let store = Store::open(&settings.store).map_err(|e| e.to_string())?;
+        let store = Store::open(&settings.store, &settings.s3).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -162,6 +178,31 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn run_migrate(args: Migrate) -> Result<(), String> {
+    let settings = args
+        .common
+        .settings(Overrides::default())
+        .map_err(|e| e.to_string())?;
+    let from = Store::open(&args.from, &settings.s3).map_err(|e| e.to_string())?;
+    let to = Store::open(&args.to, &settings.s3).map_err(|e| e.to_string())?;
+    let progress = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} objects, {eta} left")
+            .expect("valid template"),
+    );
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let summary = runtime
+        .block_on(progimage::migrate::migrate(&from, &to, &progress))
+        .map_err(|e| e.to_string())?;
+    println!("{summary}");
+    if summary.failed > 0 {
+        return Err(format!(
+            "{} objects were not copied; run the same command again to retry them",
+            summary.failed
+        ));
+    }
+    Ok(())
 }
 
 fn run_transform(args: Transform) -> Result<(), String> {

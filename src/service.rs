@@ -7,11 +7,14 @@
 //! - Fetch: originals and cached transforms stream straight from the store.
 //! - Transform: the cache key is looked up first; on a miss, concurrent requests for
 //!   the same key share one computation (single-flight), which runs on the blocking
-//!   pool behind a semaphore so CPU work can never starve cache hits.
+//!   pool behind a semaphore so CPU work can never starve cache hits. Across instances
+//!   sharing the store, a lease object picks the one that computes; the others poll
+//!   the store for its result.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream;
@@ -23,7 +26,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{ImageId, ObjectStream, Put, Sidecar, Store};
+use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store};
 
 /// Where a transform response came from, reported to clients in `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,7 @@ pub struct Service {
     engine: Engine,
     workers: Arc<Semaphore>,
     in_flight: Mutex<HashMap<Path, Flight>>,
+    lease_ttl: Duration,
     max_upload_bytes: u64,
 }
 
@@ -170,6 +174,7 @@ impl Service {
             engine: Engine::new(settings.limits.clone(), presets),
             workers: Arc::new(Semaphore::new(settings.effective_workers())),
             in_flight: Mutex::new(HashMap::new()),
+            lease_ttl: Duration::from_secs(settings.transform_lease_secs),
             max_upload_bytes: settings.limits.max_upload_bytes,
         })
     }
@@ -342,7 +347,8 @@ impl Service {
         Ok((bytes, if led { status } else { CacheStatus::Coalesced }))
     }
 
-    /// Computes and stores one derived object. Checks the store once more first: the
+    /// Computes and stores one derived object, unless another instance is computing it,
+    /// in which case its result is awaited. Checks the store once more first: the
     /// previous flight for this key may have finished since our lookup missed.
     async fn compute(
         &self,
@@ -353,6 +359,61 @@ impl Service {
         if let Some(bytes) = self.store.read(path).await? {
             return Ok((bytes, CacheStatus::Hit));
         }
+        let lease = Store::lease_path(path);
+        loop {
+            match self.store.try_lease(&lease, self.lease_ttl).await? {
+                Lease::Acquired => break,
+                Lease::HeldUntil(_) | Lease::Free => {
+                    if let Some(bytes) = self.await_other_instance(path, &lease).await? {
+                        return Ok((bytes, CacheStatus::Coalesced));
+                    }
+                }
+            }
+        }
+        let result = match self.store.read(path).await {
+            // The holder before us finished between our last look and our lease.
+            Ok(Some(bytes)) => Ok((bytes, CacheStatus::Coalesced)),
+            Ok(None) => self.render_and_store(id, spec, path).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = self.store.delete(&lease).await {
+            tracing::warn!(lease = %lease, error = %err, "could not release a lease; it will expire");
+        }
+        result
+    }
+
+    /// Polls the store for the object another instance is computing. `None` when its
+    /// lease is gone without a result (the holder failed) or has expired (it crashed):
+    /// then the caller tries to take the lease itself.
+    async fn await_other_instance(&self, path: &Path, lease: &Path) -> Result<Option<Bytes>> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Some(bytes) = self.store.read(path).await? {
+                return Ok(Some(bytes));
+            }
+            match self.store.lease_state(lease).await? {
+                Lease::HeldUntil(until) if until > chrono::Utc::now() => {}
+                Lease::HeldUntil(_) => {
+                    tracing::warn!(lease = %lease, "removing an expired lease");
+                    self.store.delete(lease).await?;
+                    return Ok(None);
+                }
+                Lease::Free | Lease::Acquired => {
+                    // Released: the result is stored by now unless the holder failed.
+                    return self.store.read(path).await;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn render_and_store(
+        &self,
+        id: &ImageId,
+        spec: &Arc<TransformSpec>,
+        path: &Path,
+    ) -> Result<(Bytes, CacheStatus)> {
         let source = self.read_blob(id).await?;
         let engine = self.engine.clone();
         let spec = Arc::clone(spec);
@@ -368,6 +429,18 @@ impl Service {
                 None => Ok((bytes, CacheStatus::Miss)),
             },
         }
+    }
+
+    /// Whether the store answers within `timeout`: what `/readyz` reports.
+    pub async fn ready(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.store.check())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::unavailable(format!(
+                    "the store did not answer within {} s",
+                    timeout.as_secs()
+                )))
+            })
     }
 
     /// Runs CPU-bound work on the blocking pool, at most `transform_workers` at once.

@@ -3,9 +3,30 @@
 
 mod common;
 
+use common::on_every_store;
 use common::*;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use reqwest::StatusCode;
+
+on_every_store!(
+    transforms_lists_every_transform_with_its_parameter_schema,
+    every_transform_works_over_http,
+    pipelines_run_in_order_and_share_one_canonical_cache_entry,
+    bad_pipelines_are_400_pointing_at_the_step,
+    format_auto_follows_accept_and_varies_on_it,
+    every_output_format_is_what_it_says,
+    alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere,
+    exif_orientations_one_to_eight_come_out_upright,
+    embedded_icc_profiles_are_converted_to_srgb,
+    cmyk_jpegs_come_out_in_the_right_colours,
+    sixteen_bit_and_gray_alpha_pngs_work,
+    an_animated_gif_gives_its_first_frame_as_a_still,
+    animated_true_keeps_every_frame_in_gif_and_webp,
+    animations_over_max_frames_are_413,
+    outputs_over_the_limit_are_413_before_decoding,
+    small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone,
+    animated_outputs_respect_the_output_limit_too,
+);
 
 /// Four quadrants of distinct colours, so every orientation is recognisable.
 fn quadrants(width: u32, height: u32) -> DynamicImage {
@@ -32,9 +53,8 @@ async fn upload(server: &TestServer, bytes: &[u8]) -> String {
     sha1_hex(bytes)
 }
 
-#[tokio::test]
-async fn transforms_lists_every_transform_with_its_parameter_schema() {
-    let server = TestServer::start_with(|s| {
+async fn transforms_lists_every_transform_with_its_parameter_schema(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| {
         s.presets
             .insert("avatar".into(), "thumbnail(size=96,fit=cover)".into());
     })
@@ -119,9 +139,8 @@ async fn transforms_lists_every_transform_with_its_parameter_schema() {
         .any(|p| p["name"] == "q"));
 }
 
-#[tokio::test]
-async fn every_transform_works_over_http() {
-    let server = TestServer::start().await;
+async fn every_transform_works_over_http(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = upload(&server, &encode(&quadrants(200, 100), ImageFormat::Png)).await;
     let cases: &[(&str, (u32, u32))] = &[
         ("resize/?w=100&h=100", (100, 100)),
@@ -181,9 +200,8 @@ async fn every_transform_works_over_http() {
     assert!(!gray.color().has_color());
 }
 
-#[tokio::test]
-async fn pipelines_run_in_order_and_share_one_canonical_cache_entry() {
-    let server = TestServer::start_with(|s| {
+async fn pipelines_run_in_order_and_share_one_canonical_cache_entry(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| {
         s.presets.insert(
             "square".into(),
             "crop(aspect=1:1)/resize(w=64)/grayscale".into(),
@@ -210,7 +228,11 @@ async fn pipelines_run_in_order_and_share_one_canonical_cache_entry() {
         "{}.e1.crop(aspect=1:1,gravity=center)+resize(w=64,fit=cover,upscale=false,filter=lanczos3)+grayscale.q80.webp",
         blob_key(&id)
     );
-    assert!(server.object(&key).exists(), "{:?}", server.stored_files());
+    assert!(
+        server.read_object(&key).await.is_some(),
+        "{:?}",
+        server.stored_files().await
+    );
 
     // Percent-encoded, as browsers send it.
     let encoded =
@@ -218,9 +240,8 @@ async fn pipelines_run_in_order_and_share_one_canonical_cache_entry() {
     assert_eq!(server.get(&encoded).await.headers()["x-cache"], "HIT");
 }
 
-#[tokio::test]
-async fn bad_pipelines_are_400_pointing_at_the_step() {
-    let server = TestServer::start().await;
+async fn bad_pipelines_are_400_pointing_at_the_step(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = upload(&server, &jpeg(20, 20)).await;
     for (pipeline, code, step) in [
         (
@@ -254,9 +275,8 @@ async fn bad_pipelines_are_400_pointing_at_the_step() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn format_auto_follows_accept_and_varies_on_it() {
-    let server = TestServer::start().await;
+async fn format_auto_follows_accept_and_varies_on_it(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = upload(&server, &jpeg(64, 48)).await;
     let path = server.url(&format!("/images/{id}/thumbnail/?size=32&format=auto"));
     for (accept, content_type) in [
@@ -283,15 +303,15 @@ async fn format_auto_follows_accept_and_varies_on_it() {
     }
     let derived = server
         .stored_files()
+        .await
         .into_iter()
         .filter(|f| f.contains(".e1."))
         .count();
     assert_eq!(derived, 3, "one cached object per negotiated format");
 }
 
-#[tokio::test]
-async fn every_output_format_is_what_it_says() {
-    let server = TestServer::start().await;
+async fn every_output_format_is_what_it_says(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = upload(&server, &png(40, 30)).await;
     for (format, content_type) in [
         ("jpeg", "image/jpeg"),
@@ -329,9 +349,8 @@ async fn every_output_format_is_what_it_says() {
     );
 }
 
-#[tokio::test]
-async fn alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere() {
-    let server = TestServer::start().await;
+async fn alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere(backend: Backend) {
+    let server = TestServer::on(backend).await;
     // Left half transparent, right half opaque blue.
     let rgba = RgbaImage::from_fn(40, 20, |x, _| {
         if x < 20 {
@@ -376,9 +395,8 @@ async fn alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere()
     );
 }
 
-#[tokio::test]
-async fn exif_orientations_one_to_eight_come_out_upright() {
-    let server = TestServer::start().await;
+async fn exif_orientations_one_to_eight_come_out_upright(backend: Backend) {
+    let server = TestServer::on(backend).await;
     // Stored pixels for each orientation are chosen so that, once the tag is applied,
     // the upright image is `quadrants(40, 20)`: red top-left, green top-right.
     let upright = quadrants(40, 20);
@@ -419,8 +437,7 @@ async fn exif_orientations_one_to_eight_come_out_upright() {
     }
 }
 
-#[tokio::test]
-async fn embedded_icc_profiles_are_converted_to_srgb() {
+async fn embedded_icc_profiles_are_converted_to_srgb(backend: Backend) {
     use lcms2::{CIExyY, CIExyYTRIPLE, Intent, PixelFormat, Profile, ToneCurve, Transform};
     // An Adobe-RGB-like profile: wider green primary than sRGB.
     let curve = ToneCurve::new(2.2);
@@ -477,7 +494,7 @@ async fn embedded_icc_profiles_are_converted_to_srgb() {
     tagged.extend_from_slice(&app2);
     tagged.extend_from_slice(&jpeg[2..]);
 
-    let response = server_convert_png(tagged).await;
+    let response = server_convert_png(backend, tagged).await;
     let got = response.to_rgb8().get_pixel(8, 8).0;
     assert!(
         got.iter().zip(expected).all(|(g, e)| g.abs_diff(e) <= 4),
@@ -485,8 +502,8 @@ async fn embedded_icc_profiles_are_converted_to_srgb() {
     );
 }
 
-async fn server_convert_png(bytes: Vec<u8>) -> DynamicImage {
-    let server = TestServer::start().await;
+async fn server_convert_png(backend: Backend, bytes: Vec<u8>) -> DynamicImage {
+    let server = TestServer::on(backend).await;
     let response = server
         .post_raw("/on_demand/convert/?format=png", "image/jpeg", bytes)
         .await;
@@ -494,10 +511,9 @@ async fn server_convert_png(bytes: Vec<u8>) -> DynamicImage {
     decode(&response.bytes().await.unwrap())
 }
 
-#[tokio::test]
-async fn cmyk_jpegs_come_out_in_the_right_colours() {
+async fn cmyk_jpegs_come_out_in_the_right_colours(backend: Backend) {
     let bytes = fixture("pil_sample_cmyk.jpg");
-    let ours = server_convert_png(bytes.clone()).await.to_rgb8();
+    let ours = server_convert_png(backend, bytes.clone()).await.to_rgb8();
     // The image crate's decoder converts CMYK on its own: an independent reference.
     let reference = image::load_from_memory(&bytes).unwrap().to_rgb8();
     assert_eq!(ours.dimensions(), reference.dimensions());
@@ -511,9 +527,8 @@ async fn cmyk_jpegs_come_out_in_the_right_colours() {
     assert!(mean < 6.0, "mean difference {mean}");
 }
 
-#[tokio::test]
-async fn sixteen_bit_and_gray_alpha_pngs_work() {
-    let server = TestServer::start().await;
+async fn sixteen_bit_and_gray_alpha_pngs_work(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(30, 20, |x, _| {
         image::Rgb([if x < 15 { 60000 } else { 0 }, 0, 0])
     }));
@@ -567,9 +582,8 @@ fn frames_of(decoder: impl image::AnimationDecoder<'static>) -> Vec<RgbaImage> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_animated_gif_gives_its_first_frame_as_a_still() {
-    let server = TestServer::start().await;
+async fn an_animated_gif_gives_its_first_frame_as_a_still(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let response = server
         .post_raw(
             "/on_demand/thumbnail/?size=8&format=png",
@@ -581,9 +595,8 @@ async fn an_animated_gif_gives_its_first_frame_as_a_still() {
     assert!(is_red(&still, 4, 4), "first frame");
 }
 
-#[tokio::test]
-async fn animated_true_keeps_every_frame_in_gif_and_webp() {
-    let server = TestServer::start().await;
+async fn animated_true_keeps_every_frame_in_gif_and_webp(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = upload(&server, &traffic_light()).await;
     let gif = server
         .get(&format!("/images/{id}/thumbnail/?size=8&animated=true"))
@@ -620,9 +633,8 @@ async fn animated_true_keeps_every_frame_in_gif_and_webp() {
     );
 }
 
-#[tokio::test]
-async fn animations_over_max_frames_are_413() {
-    let server = TestServer::start_with(|s| s.limits.max_frames = 2).await;
+async fn animations_over_max_frames_are_413(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| s.limits.max_frames = 2).await;
     let response = server
         .post_raw(
             "/on_demand/convert/?format=gif&animated=true",
@@ -635,9 +647,8 @@ async fn animations_over_max_frames_are_413() {
     assert_eq!(body["error"]["code"], "max_frames");
 }
 
-#[tokio::test]
-async fn outputs_over_the_limit_are_413_before_decoding() {
-    let server = TestServer::start_with(|s| s.limits.max_output_pixels = 1_000_000).await;
+async fn outputs_over_the_limit_are_413_before_decoding(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| s.limits.max_output_pixels = 1_000_000).await;
     let id = upload(&server, &jpeg(100, 100)).await;
     let response = server
         .get(&format!("/images/{id}/resize/?w=2000&h=2000&upscale=true"))
@@ -664,9 +675,8 @@ fn progressive_jpeg(image: &DynamicImage) -> Vec<u8> {
     started.finish().unwrap()
 }
 
-#[tokio::test]
-async fn small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone() {
-    let server = TestServer::start().await;
+async fn small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = progressive_jpeg(&quadrants(800, 400));
     assert_eq!(&bytes[..2], [0xFF, 0xD8]);
     // 800 / 8 = 100: the whole thumbnail can come from the DC coefficients.
@@ -709,9 +719,8 @@ async fn small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone() {
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
-#[tokio::test]
-async fn animated_outputs_respect_the_output_limit_too() {
-    let server = TestServer::start_with(|s| s.limits.max_output_pixels = 10_000).await;
+async fn animated_outputs_respect_the_output_limit_too(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| s.limits.max_output_pixels = 10_000).await;
     let path = "/on_demand/resize/?w=200&h=200&upscale=true&format=gif&animated=true";
     let response = server.post_raw(path, "image/gif", traffic_light()).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);

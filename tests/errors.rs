@@ -3,9 +3,22 @@
 
 mod common;
 
+use common::on_every_store;
 use common::*;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+on_every_store!(
+    unknown_images_transforms_and_routes_are_404,
+    wrong_methods_are_405_with_allow,
+    bad_parameters_are_400_naming_the_parameter,
+    non_images_are_415,
+    truncated_corrupt_and_zero_sized_images_are_422,
+    images_over_the_pixel_limit_are_413_from_the_header,
+    bodies_over_the_upload_limit_are_413,
+    a_declared_length_over_the_limit_is_refused_without_reading_the_body,
+    malformed_multipart_is_400,
+);
 
 /// Asserts a JSON error response and returns its message.
 async fn expect_error(response: reqwest::Response, status: StatusCode, code: &str) -> String {
@@ -16,9 +29,8 @@ async fn expect_error(response: reqwest::Response, status: StatusCode, code: &st
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn unknown_images_transforms_and_routes_are_404() {
-    let server = TestServer::start().await;
+async fn unknown_images_transforms_and_routes_are_404(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let missing = "0123456789abcdef0123456789abcdef01234567";
     expect_error(
         server.get(&format!("/images/{missing}/")).await,
@@ -72,9 +84,8 @@ async fn unknown_images_transforms_and_routes_are_404() {
     .await;
 }
 
-#[tokio::test]
-async fn wrong_methods_are_405_with_allow() {
-    let server = TestServer::start().await;
+async fn wrong_methods_are_405_with_allow(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let id = "0123456789abcdef0123456789abcdef01234567";
     let response = server
         .client
@@ -106,9 +117,8 @@ async fn wrong_methods_are_405_with_allow() {
     .await;
 }
 
-#[tokio::test]
-async fn bad_parameters_are_400_naming_the_parameter() {
-    let server = TestServer::start().await;
+async fn bad_parameters_are_400_naming_the_parameter(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(10, 10);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -145,9 +155,8 @@ async fn bad_parameters_are_400_naming_the_parameter() {
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
 }
 
-#[tokio::test]
-async fn non_images_are_415() {
-    let server = TestServer::start().await;
+async fn non_images_are_415(backend: Backend) {
+    let server = TestServer::on(backend).await;
     expect_error(
         server
             .post_raw("/", "image/jpeg", b"<html>not an image</html>".to_vec())
@@ -177,12 +186,11 @@ async fn non_images_are_415() {
         "empty_body",
     )
     .await;
-    assert!(server.stored_files().is_empty());
+    assert!(server.stored_files().await.is_empty());
 }
 
-#[tokio::test]
-async fn truncated_corrupt_and_zero_sized_images_are_422() {
-    let server = TestServer::start().await;
+async fn truncated_corrupt_and_zero_sized_images_are_422(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let whole = jpeg(300, 200);
     for (name, bytes) in [
         ("truncated_jpeg.jpg", fixture("truncated_jpeg.jpg")),
@@ -201,16 +209,12 @@ async fn truncated_corrupt_and_zero_sized_images_are_422() {
             assert_eq!(body["error"]["code"], "undecodable_image", "{name}: {body}");
         }
     }
-    assert!(
-        server.stored_files().is_empty(),
-        "{:?}",
-        server.stored_files()
-    );
+    let stored = server.stored_files().await;
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
-#[tokio::test]
-async fn images_over_the_pixel_limit_are_413_from_the_header() {
-    let server = TestServer::start_with(|s| s.limits.max_input_pixels = 10_000).await;
+async fn images_over_the_pixel_limit_are_413_from_the_header(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| s.limits.max_input_pixels = 10_000).await;
     let message = expect_error(
         server
             .post_raw(
@@ -241,9 +245,8 @@ async fn images_over_the_pixel_limit_are_413_from_the_header() {
     );
 }
 
-#[tokio::test]
-async fn bodies_over_the_upload_limit_are_413() {
-    let server = TestServer::start_with(|s| s.limits.max_upload_bytes = 4096).await;
+async fn bodies_over_the_upload_limit_are_413(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| s.limits.max_upload_bytes = 4096).await;
     // Streamed past the limit (no Content-Length to refuse up front).
     let big = noise_png(100, 100);
     assert!(big.len() > 4096);
@@ -261,12 +264,11 @@ async fn bodies_over_the_upload_limit_are_413() {
     let form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(big));
     let response = server.post_form("/", form).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(server.stored_files().is_empty());
+    assert!(server.stored_files().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() {
-    let server = TestServer::start().await;
+async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // Claims 1 GiB but sends none of it: the answer must come anyway, at once.
     socket
@@ -294,9 +296,8 @@ async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() 
     assert!(answer.contains("max_upload_bytes"), "{answer}");
 }
 
-#[tokio::test]
-async fn malformed_multipart_is_400() {
-    let server = TestServer::start().await;
+async fn malformed_multipart_is_400(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let response = server
         .post_raw(
             "/",
@@ -311,16 +312,21 @@ async fn malformed_multipart_is_400() {
     expect_error(response, StatusCode::BAD_REQUEST, "invalid_form").await;
 }
 
+/// Filesystem only: the store is made to fail by taking its directory away.
 #[tokio::test]
 async fn a_failing_store_is_503_and_the_service_recovers() {
-    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let server = TestServer::on_with(Backend::Filesystem, |s| {
+        s.store = root.to_str().unwrap().to_string();
+    })
+    .await;
     let bytes = jpeg(20, 20);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
 
     // Swap the store's directory for a plain file: every store operation now fails
     // with an I/O error (ENOTDIR) that is neither "not found" nor "already exists".
-    let root = server.dir.path().to_path_buf();
     let aside = root.with_extension("aside");
     std::fs::rename(&root, &aside).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();

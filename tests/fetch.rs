@@ -3,12 +3,22 @@
 
 mod common;
 
+use common::on_every_store;
 use common::*;
 use reqwest::StatusCode;
 
-#[tokio::test]
-async fn original_is_returned_byte_for_byte_with_its_own_content_type() {
-    let server = TestServer::start().await;
+on_every_store!(
+    original_is_returned_byte_for_byte_with_its_own_content_type,
+    head_gives_the_headers_without_a_body,
+    if_none_match_gives_304_for_originals_and_transforms,
+    single_byte_ranges_get_206_and_bad_ones_416,
+    meta_returns_the_sidecar,
+    original_converted_by_extension_is_cached_like_a_transform,
+    a_premade_progimage_filebase_is_served_as_is,
+);
+
+async fn original_is_returned_byte_for_byte_with_its_own_content_type(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = png(40, 30);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -38,9 +48,8 @@ async fn original_is_returned_byte_for_byte_with_its_own_content_type() {
     );
 }
 
-#[tokio::test]
-async fn head_gives_the_headers_without_a_body() {
-    let server = TestServer::start().await;
+async fn head_gives_the_headers_without_a_body(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(50, 50);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -59,9 +68,8 @@ async fn head_gives_the_headers_without_a_body() {
     assert!(response.bytes().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn if_none_match_gives_304_for_originals_and_transforms() {
-    let server = TestServer::start().await;
+async fn if_none_match_gives_304_for_originals_and_transforms(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(50, 50);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -92,9 +100,8 @@ async fn if_none_match_gives_304_for_originals_and_transforms() {
     }
 }
 
-#[tokio::test]
-async fn single_byte_ranges_get_206_and_bad_ones_416() {
-    let server = TestServer::start().await;
+async fn single_byte_ranges_get_206_and_bad_ones_416(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = png(64, 64);
     let id = sha1_hex(&bytes);
     let total = bytes.len();
@@ -143,9 +150,8 @@ async fn single_byte_ranges_get_206_and_bad_ones_416() {
     assert_eq!(response.bytes().await.unwrap().len(), total);
 }
 
-#[tokio::test]
-async fn meta_returns_the_sidecar() {
-    let server = TestServer::start().await;
+async fn meta_returns_the_sidecar(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(33, 22);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -162,9 +168,8 @@ async fn meta_returns_the_sidecar() {
     assert_eq!(meta["bytes"].as_u64(), Some(bytes.len() as u64));
 }
 
-#[tokio::test]
-async fn original_converted_by_extension_is_cached_like_a_transform() {
-    let server = TestServer::start().await;
+async fn original_converted_by_extension_is_cached_like_a_transform(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(80, 60);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -190,33 +195,30 @@ async fn original_converted_by_extension_is_cached_like_a_transform() {
     }
     let derived = server
         .stored_files()
+        .await
         .iter()
         .filter(|f| f.contains(".e1.convert"))
         .count();
     assert_eq!(derived, 4);
 }
 
-#[tokio::test]
-async fn a_premade_progimage_filebase_is_served_as_is() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_premade_progimage_filebase_is_served_as_is(backend: Backend) {
+    // Objects laid out as the original wrote them, planted behind the server's back.
+    let server = TestServer::on(backend).await;
     let bytes = png(120, 90);
     let id = sha1_hex(&bytes);
-    let blob = dir.path().join(blob_key(&id));
-    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
-    std::fs::write(&blob, &bytes).unwrap();
-    std::fs::write(
-        blob.with_file_name(format!("{id}.meta")),
-        br#"{"file_name": "cat.png"}"#,
-    )
-    .unwrap();
+    server.write_object(&blob_key(&id), &bytes).await;
+    server
+        .write_object(
+            &format!("{}.meta", blob_key(&id)),
+            br#"{"file_name": "cat.png"}"#,
+        )
+        .await;
     // A second image with no sidecar at all.
     let bare = jpeg(30, 20);
     let bare_id = sha1_hex(&bare);
-    let bare_blob = dir.path().join(blob_key(&bare_id));
-    std::fs::create_dir_all(bare_blob.parent().unwrap()).unwrap();
-    std::fs::write(&bare_blob, &bare).unwrap();
+    server.write_object(&blob_key(&bare_id), &bare).await;
 
-    let server = TestServer::start_in(dir, |_| {}).await;
     let response = server.get(&format!("/images/{id}/")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "image/png");

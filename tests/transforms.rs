@@ -3,16 +3,26 @@
 
 mod common;
 
+use common::on_every_store;
 use common::*;
 use image::ImageFormat;
 use reqwest::StatusCode;
 
+on_every_store!(
+    thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format,
+    transforms_are_cached_as_siblings_under_a_canonical_key,
+    concurrent_requests_for_a_new_transform_compute_it_once,
+    on_demand_returns_the_transform_and_stores_nothing,
+    exif_orientation_is_applied_before_anything_else,
+    ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters,
+    a_long_pipeline_is_cached_under_a_hashed_key,
+);
+
 /// The ASCII ramp, dark to light, as documented.
 const RAMP: &str = "@%#*+=-:. ";
 
-#[tokio::test]
-async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format() {
-    let server = TestServer::start().await;
+async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(256, 192);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -53,9 +63,8 @@ async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format() {
     );
 }
 
-#[tokio::test]
-async fn transforms_are_cached_as_siblings_under_a_canonical_key() {
-    let server = TestServer::start().await;
+async fn transforms_are_cached_as_siblings_under_a_canonical_key(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = png(100, 100);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -72,20 +81,19 @@ async fn transforms_are_cached_as_siblings_under_a_canonical_key() {
     assert_eq!(reordered.bytes().await.unwrap(), first_body);
 
     let key = format!("{}.e1.thumbnail(w=50,h=40).png", blob_key(&id));
-    assert_eq!(std::fs::read(server.object(&key)).unwrap(), first_body);
+    assert_eq!(server.read_object(&key).await.unwrap(), first_body);
 
-    // A cached result is served from the store: replacing the object on disk (which
-    // nothing but a test would do) shows the server does not recompute it.
-    std::fs::write(server.object(&key), b"cached bytes").unwrap();
+    // A cached result is served from the store: replacing the object (which nothing
+    // but a test would do) shows the server does not recompute it.
+    server.write_object(&key, b"cached bytes").await;
     let served = server
         .get(&format!("/images/{id}/thumbnail/?w=50&h=40"))
         .await;
     assert_eq!(served.bytes().await.unwrap(), "cached bytes");
 }
 
-#[tokio::test]
-async fn concurrent_requests_for_a_new_transform_compute_it_once() {
-    let server = TestServer::start().await;
+async fn concurrent_requests_for_a_new_transform_compute_it_once(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = jpeg(1600, 1200);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -114,15 +122,15 @@ async fn concurrent_requests_for_a_new_transform_compute_it_once() {
     );
     let derived: Vec<_> = server
         .stored_files()
+        .await
         .into_iter()
         .filter(|f| f.contains(".e1."))
         .collect();
     assert_eq!(derived.len(), 1, "{derived:?}");
 }
 
-#[tokio::test]
-async fn on_demand_returns_the_transform_and_stores_nothing() {
-    let server = TestServer::start().await;
+async fn on_demand_returns_the_transform_and_stores_nothing(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let response = server
         .post_raw("/on_demand/thumbnail/", "image/jpeg", jpeg(256, 192))
         .await;
@@ -143,16 +151,12 @@ async fn on_demand_returns_the_transform_and_stores_nothing() {
     );
     assert_eq!(response.text().await.unwrap().lines().count(), 5);
 
-    assert!(
-        server.stored_files().is_empty(),
-        "{:?}",
-        server.stored_files()
-    );
+    let stored = server.stored_files().await;
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
-#[tokio::test]
-async fn exif_orientation_is_applied_before_anything_else() {
-    let server = TestServer::start().await;
+async fn exif_orientation_is_applied_before_anything_else(backend: Backend) {
+    let server = TestServer::on(backend).await;
     // Stored sideways: 64x32, red left, blue right; orientation 6 means "rotate 90°
     // clockwise to display", so upright it is 32x64 with red on top.
     let bytes = jpeg_with_orientation(&halves(64, 32), 6);
@@ -202,9 +206,8 @@ async fn exif_orientation_is_applied_before_anything_else() {
     assert_eq!((upright.width(), upright.height()), (1, 2));
 }
 
-#[tokio::test]
-async fn ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters() {
-    let server = TestServer::start().await;
+async fn ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let bytes = png(200, 100);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -290,4 +293,33 @@ fn the_cli_runs_the_same_engine_on_local_files() {
         .unwrap();
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("size"));
+}
+
+/// A key too long for a file name (255 bytes) is hashed: the result is served and
+/// cached like any other, on every store.
+async fn a_long_pipeline_is_cached_under_a_hashed_key(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let id = server.upload(&png(120, 80)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let steps: Vec<String> = (0..8).map(|n| format!("resize(w={})", 100 - n)).collect();
+    let path = format!("/images/{id}/{}/", steps.join("/"));
+    let first = server.get(&path).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let image = decode(&first.bytes().await.unwrap());
+    // Each step rounds its height: 67, 66, 65, ... 60.
+    assert_eq!((image.width(), image.height()), (93, 60));
+    let cached: Vec<String> = server
+        .stored_files()
+        .await
+        .into_iter()
+        .filter(|key| key.contains(".e1."))
+        .collect();
+    assert_eq!(cached.len(), 1);
+    let name = cached[0].rsplit('/').next().unwrap();
+    assert!(name.len() < 255 && name.contains(".e1.sha1-"), "{name}");
+    assert!(name.ends_with(".png"), "{name}");
+    assert_eq!(server.get(&path).await.headers()["x-cache"], "HIT");
 }

@@ -25,6 +25,8 @@ pub use output::OutputOptions;
 pub use pipeline::{Pipeline, Presets};
 pub use probe::Probe;
 
+use sha1::Digest;
+
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use ops::{Output, Produces};
@@ -32,6 +34,9 @@ use ops::{Output, Produces};
 /// Bumped whenever a change to the engine changes its output, so cached results from
 /// an older engine are never served as the new one's: the version is in every key.
 pub const ENGINE_VERSION: u32 = 1;
+
+/// The longest cache key kept readable; `<id>.<key>` must stay under 255 bytes.
+pub const MAX_READABLE_KEY: usize = 200;
 
 /// A transform request, validated: the pipeline to run and how to encode its result.
 #[derive(Debug)]
@@ -111,16 +116,35 @@ impl TransformSpec {
     /// The canonical key of this result for a source of format `source`, e.g.
     /// `e1.thumbnail(w=128,h=128).q80.jpeg`: engine version, the pipeline with every
     /// parameter resolved, the output options that change the bytes, and the format
-    /// as extension.
+    /// as extension. A key over [`MAX_READABLE_KEY`] bytes (a long pipeline) becomes
+    /// `e1.sha1-<hex of the readable key>.<extension>`, which fits every store's name
+    /// limit (255 bytes per file name on most filesystems, with the id in front).
     pub fn key(&self, source: Format) -> String {
         let pipeline = self.pipeline.key();
-        match self.output_format(source) {
-            OutputFormat::Text(extension) => format!("e{ENGINE_VERSION}.{pipeline}.{extension}"),
+        let (readable, extension) = match self.output_format(source) {
+            OutputFormat::Text(extension) => (
+                format!("e{ENGINE_VERSION}.{pipeline}.{extension}"),
+                extension.to_string(),
+            ),
             OutputFormat::Image(format) => match self.output.key_suffix(format) {
-                suffix if suffix.is_empty() => format!("e{ENGINE_VERSION}.{pipeline}.{format}"),
-                suffix => format!("e{ENGINE_VERSION}.{pipeline}.{suffix}.{format}"),
+                suffix if suffix.is_empty() => (
+                    format!("e{ENGINE_VERSION}.{pipeline}.{format}"),
+                    format.to_string(),
+                ),
+                suffix => (
+                    format!("e{ENGINE_VERSION}.{pipeline}.{suffix}.{format}"),
+                    format.to_string(),
+                ),
             },
+        };
+        if readable.len() <= MAX_READABLE_KEY {
+            return readable;
         }
+        let digest: String = sha1::Sha1::digest(&readable)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("e{ENGINE_VERSION}.sha1-{digest}.{extension}")
     }
 }
 
@@ -265,6 +289,22 @@ mod tests {
             pipeline.key(Format::Png),
             "e1.thumbnail(w=10,h=10)+convert.q80.webp"
         );
+    }
+
+    #[test]
+    fn long_keys_are_hashed_to_fit_file_names() {
+        let long = |last: &str| {
+            let steps: Vec<String> = (0..9).map(|n| format!("resize(w={})", 90 - n)).collect();
+            spec(&format!("{}/resize(w={last})", steps.join("/")), &[]).unwrap()
+        };
+        let key = long("10").key(Format::Png);
+        assert!(
+            key.starts_with("e1.sha1-") && key.ends_with(".png"),
+            "{key}"
+        );
+        assert_eq!(key.len(), "e1.sha1-".len() + 40 + ".png".len());
+        assert_ne!(key, long("11").key(Format::Png));
+        assert_eq!(key, long("10").key(Format::Png), "stable");
     }
 
     #[test]

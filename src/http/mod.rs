@@ -36,8 +36,8 @@ use crate::store::{ImageId, Sidecar};
 pub use response::Body;
 use routes::Route;
 
-/// How long in-flight requests may take to finish after shutdown is signalled.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `/readyz` waits for the store before calling it unavailable.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The request handler: the service plus what HTTP needs of the settings.
 pub struct App {
@@ -137,6 +137,20 @@ impl App {
                 })
             }
             Route::Transforms => Ok(response::json(StatusCode::OK, &self.service.catalogue())),
+            Route::Health => Ok(response::json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "alive"}),
+            )),
+            Route::Ready => Ok(match self.service.ready(READY_TIMEOUT).await {
+                Ok(()) => response::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+                Err(err) => response::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({
+                        "status": "unavailable",
+                        "error": {"code": err.code, "message": err.message},
+                    }),
+                ),
+            }),
         }
     }
 
@@ -236,8 +250,8 @@ impl<'a> UploadReply<'a> {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then waits (bounded) for
-/// in-flight requests to finish.
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
+/// waits up to `shutdown_grace_secs` for in-flight requests to finish.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -284,7 +298,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("gave up waiting for connections to finish"),
+        () = tokio::time::sleep(Duration::from_secs(settings.shutdown_grace_secs)) => tracing::warn!("gave up waiting for connections to finish"),
     }
     Ok(())
 }

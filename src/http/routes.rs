@@ -8,6 +8,8 @@
 //! GET, HEAD   /images/<id>/<pipeline>/        a transform or pipeline (see engine::pipeline)
 //! POST        /on_demand/<pipeline>/          a transform of the body; nothing stored
 //! GET, HEAD   /transforms/                    every transform, its parameters, formats, presets
+//! GET, HEAD   /healthz                        200 while the process runs
+//! GET, HEAD   /readyz                         200 when the store answers, else 503
 //! ```
 //!
 //! Trailing slashes are optional. Path parameters are validated here (the id must be a
@@ -30,6 +32,8 @@ pub enum Route {
     Transform(ImageId, String),
     OnDemand(String),
     Transforms,
+    Health,
+    Ready,
 }
 
 /// Methods allowed on the resources that can be read.
@@ -53,6 +57,8 @@ impl Route {
                 (Route::OnDemand(pipeline.join("/")), WRITE)
             }
             ["transforms"] => (Route::Transforms, READ),
+            ["healthz"] => (Route::Health, READ),
+            ["readyz"] => (Route::Ready, READ),
             _ => {
                 return Err(Error::not_found(
                     "route_not_found",

@@ -11,12 +11,17 @@
 //! `h0` and `h1` are the first two hex digits of the id, which spreads objects over
 //! 256 directories on a filesystem and 256 prefixes in S3.
 //!
+//! Beside the shards, `leases/` holds short-lived leases on transforms being computed
+//! (see [`Lease`]).
+//!
 //! Every write here is a create-if-absent put. The backends stage the bytes and publish
 //! them in one step (a temp file then a link on the filesystem, one PUT on S3), so a
 //! reader never sees a half-written object and two writers never clobber each other.
 //! Since a blob and its derived objects are pure functions of the id, "already exists"
 //! is success.
 
+mod backend;
+mod lease;
 mod sidecar;
 
 use std::fmt;
@@ -25,14 +30,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, WriteMultipart,
+};
 
+use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
+pub use lease::{Lease, LEASES};
 pub use sidecar::Sidecar;
 
 /// The id of an image: the lowercase hex SHA-1 of its bytes.
@@ -87,39 +94,32 @@ pub struct ObjectStream {
     pub body: BoxStream<'static, Result<Bytes>>,
 }
 
+/// One object found by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The object's key, e.g. `a/b/ab12...` or `a/b/ab12....meta`.
+    pub key: String,
+    pub size: u64,
+}
+
 /// The image store: the object layout over one backend.
 #[derive(Debug, Clone)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
+    multipart_threshold: u64,
+    multipart_part: usize,
 }
 
 impl Store {
     /// Opens a store from its URL: a plain path or `file:///abs/path` (created if
-    /// missing), or `memory://`.
-    pub fn open(url: &str) -> Result<Self> {
-        let objects: Arc<dyn ObjectStore> = if url == "memory://" || url == "memory:" {
-            Arc::new(InMemory::new())
-        } else if let Some(rest) = url.strip_prefix("s3://") {
-            return Err(Error::bad_request(
-                "store_unsupported",
-                format!("the S3 store (s3://{rest}) is not available in this build yet"),
-            ));
-        } else {
-            let dir = url.strip_prefix("file://").unwrap_or(url);
-            if dir.is_empty() || dir.contains("://") {
-                return Err(Error::bad_request(
-                    "store_unsupported",
-                    format!("unknown store URL '{url}': use a path, file:///abs/path or memory://"),
-                ));
-            }
-            std::fs::create_dir_all(dir).map_err(|err| {
-                Error::bad_request("store_unusable", format!("cannot create {dir}: {err}"))
-            })?;
-            Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|err| {
-                Error::bad_request("store_unusable", format!("cannot open {dir}: {err}"))
-            })?)
-        };
-        Ok(Self { objects })
+    /// missing), `s3://bucket/optional/prefix` (reached as `s3` says), or `memory://`.
+    pub fn open(url: &str, s3: &S3Settings) -> Result<Self> {
+        let backend = backend::Backend::open(url, s3)?;
+        Ok(Self {
+            objects: backend.objects,
+            multipart_threshold: backend.multipart_threshold,
+            multipart_part: backend.multipart_part,
+        })
     }
 
     /// `<h0>/<h1>/<id>`: the original bytes.
@@ -143,7 +143,18 @@ impl Store {
     }
 
     /// Writes `bytes` at `path` unless something is already there.
+    ///
+    /// Objects above the multipart threshold go up in parts, which S3 cannot make
+    /// conditional; they are checked for first instead. Keys are derived from content
+    /// (the id, the transform key), so two writers racing on one key write the same
+    /// bytes and the last complete upload changes nothing.
     pub async fn put_if_absent(&self, path: &Path, bytes: Bytes) -> Result<Put> {
+        if bytes.len() as u64 > self.multipart_threshold {
+            if self.size(path).await?.is_some() {
+                return Ok(Put::AlreadyThere);
+            }
+            return self.put_in_parts(path, bytes).await.map(|()| Put::Created);
+        }
         let options = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -153,6 +164,51 @@ impl Store {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyThere),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// A multipart upload of slices of `bytes` (no copies); nothing is visible at
+    /// `path` until the last part is in, and a failed upload is aborted.
+    async fn put_in_parts(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        let upload = self.objects.put_multipart(path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.multipart_part);
+        for start in (0..bytes.len()).step_by(self.multipart_part) {
+            let end = bytes.len().min(start + self.multipart_part);
+            writer.put(bytes.slice(start..end));
+            if let Err(err) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(err.into());
+            }
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Every object under `prefix` (everything when `None`), in no particular order.
+    pub fn list(&self, prefix: Option<&str>) -> BoxStream<'static, Result<Listed>> {
+        let prefix = prefix.map(Path::from);
+        self.objects
+            .list(prefix.as_ref())
+            .map_ok(|meta| Listed {
+                key: meta.location.to_string(),
+                size: meta.size,
+            })
+            .map_err(Error::from)
+            .boxed()
+    }
+
+    /// Removes the object at `path`; removing nothing is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Succeeds when the backend answers a request: what readiness means.
+    pub async fn check(&self) -> Result<()> {
+        self.size(&Path::from("progimage-readiness-probe"))
+            .await
+            .map(|_| ())
     }
 
     /// The size of the object at `path`, or `None` if there is none.
@@ -236,7 +292,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opens_paths_file_urls_and_memory() {
+    async fn opens_paths_file_urls_s3_and_memory() {
         let dir = tempfile::tempdir().unwrap();
         let path = Path::from("x");
         let plain = dir.path().join("plain/nested");
@@ -245,7 +301,7 @@ mod tests {
             (&plain, plain.to_str().unwrap().to_string()),
             (&url, format!("file://{}", url.display())),
         ] {
-            let store = Store::open(&url).unwrap();
+            let store = Store::open(&url, &S3Settings::default()).unwrap();
             store.put_if_absent(&path, "bytes".into()).await.unwrap();
             assert_eq!(
                 std::fs::read(location.join("x")).unwrap(),
@@ -253,20 +309,22 @@ mod tests {
                 "{url}"
             );
         }
-        assert!(Store::open("memory://").is_ok());
+        let defaults = S3Settings::default();
+        assert!(Store::open("memory://", &defaults).is_ok());
+        assert!(Store::open("s3://bucket/some/prefix", &defaults).is_ok());
         assert_eq!(
-            Store::open("s3://bucket/prefix").unwrap_err().code,
+            Store::open("s3:///prefix", &defaults).unwrap_err().code,
             "store_unsupported"
         );
         assert_eq!(
-            Store::open("ftp://host/x").unwrap_err().code,
+            Store::open("ftp://host/x", &defaults).unwrap_err().code,
             "store_unsupported"
         );
     }
 
     #[tokio::test]
     async fn put_if_absent_never_overwrites() {
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", &S3Settings::default()).unwrap();
         let path = Path::from("a/b/c");
         assert_eq!(
             store.put_if_absent(&path, "one".into()).await.unwrap(),
@@ -277,5 +335,27 @@ mod tests {
             Put::AlreadyThere
         );
         assert_eq!(store.read(&path).await.unwrap().unwrap(), "one");
+    }
+
+    #[tokio::test]
+    async fn large_objects_go_up_in_parts() {
+        let mut store = Store::open("memory://", &S3Settings::default()).unwrap();
+        store.multipart_threshold = 10;
+        store.multipart_part = 4;
+        let path = Path::from("a/b/big");
+        let bytes = Bytes::from_static(b"0123456789abcdefghijklmnopq");
+        assert_eq!(
+            store.put_if_absent(&path, bytes.clone()).await.unwrap(),
+            Put::Created
+        );
+        assert_eq!(store.read(&path).await.unwrap().unwrap(), bytes);
+        assert_eq!(
+            store
+                .put_if_absent(&path, "other".repeat(5).into())
+                .await
+                .unwrap(),
+            Put::AlreadyThere
+        );
+        assert_eq!(store.read(&path).await.unwrap().unwrap(), bytes);
     }
 }

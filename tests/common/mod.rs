@@ -1,12 +1,20 @@
-//! Shared test support: a real server on an ephemeral port over a real store in a
-//! temporary directory, and generated images whose pixels the tests can predict.
+//! Shared test support: a real server on an ephemeral port over a real store (a
+//! temporary directory, memory, or a prefix on a real S3 server), and generated images
+//! whose pixels the tests can predict.
+//!
+//! Integration tests take the store [`Backend`] as a parameter and are listed in
+//! [`on_every_store!`], which runs each of them once per backend.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod instance;
+pub mod s3;
+
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use progimage::http::{serve, App};
 use progimage::service::Service;
@@ -17,36 +25,99 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// A running server and the directory its filesystem store lives in.
+/// Runs each listed test, an `async fn(Backend)`, once per store backend, as
+/// `filesystem::<name>`, `memory::<name>` and `s3::<name>`.
+#[allow(unused_macros)]
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        $crate::common::tests_on!(filesystem, Filesystem, $($test),*);
+        $crate::common::tests_on!(memory, Memory, $($test),*);
+        $crate::common::tests_on!(s3, S3, $($test),*);
+    };
+}
+
+/// As [`on_every_store!`], for the stores several processes can share: a directory
+/// and S3 (memory is private to one process).
+#[allow(unused_macros)]
+macro_rules! on_shared_stores {
+    ($($test:ident),* $(,)?) => {
+        $crate::common::tests_on!(filesystem, Filesystem, $($test),*);
+        $crate::common::tests_on!(s3, S3, $($test),*);
+    };
+}
+
+/// `mod <module>` with one `#[tokio::test]` per test, calling it with `Backend::<backend>`.
+#[allow(unused_macros)]
+macro_rules! tests_on {
+    ($module:ident, $backend:ident, $($test:ident),*) => {
+        mod $module {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test($crate::common::Backend::$backend).await
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use {on_every_store, on_shared_stores, tests_on};
+
+/// The store backends the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary directory.
+    Filesystem,
+    /// object_store's in-memory store, shared by the server and the test.
+    Memory,
+    /// A fresh prefix on the shared moto server (see [`s3`]).
+    S3,
+}
+
+/// A running server and a handle on its store, to check what was stored.
 pub struct TestServer {
     pub base: String,
     pub addr: std::net::SocketAddr,
-    pub dir: TempDir,
+    pub backend: Backend,
+    /// The store's URL, as the server was given it.
+    pub store_url: String,
+    pub store: Store,
     pub client: reqwest::Client,
+    /// Keeps a filesystem store's directory alive.
+    _dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    pub async fn on(backend: Backend) -> Self {
+        Self::on_with(backend, |_| {}).await
     }
 
     /// Starts a server after `configure` has adjusted the default settings.
-    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), configure).await
-    }
-
-    /// Starts a server over an existing directory (to serve a pre-made store).
-    pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings {
-            store: dir.path().to_str().unwrap().to_string(),
-            ..Settings::default()
+    pub async fn on_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::default();
+        let dir = match backend {
+            Backend::Filesystem => {
+                let dir = tempfile::tempdir().unwrap();
+                settings.store = dir.path().to_str().unwrap().to_string();
+                Some(dir)
+            }
+            Backend::Memory => {
+                settings.store = "memory://".to_string();
+                None
+            }
+            Backend::S3 => {
+                let server = s3::shared();
+                settings.store = s3::fresh_store_url();
+                settings.s3 = server.settings();
+                None
+            }
         };
         configure(&mut settings);
-        let store = Store::open(&settings.store).unwrap();
+        let store = Store::open(&settings.store, &settings.s3).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Arc::new(App::new(&settings, Service::new(&settings, store).unwrap()));
+        let store_url = settings.store.clone();
+        let service = Service::new(&settings, store.clone()).unwrap();
+        let app = Arc::new(App::new(&settings, service));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             serve(listener, app, &settings, async {
@@ -58,8 +129,11 @@ impl TestServer {
         Self {
             base: format!("http://{addr}"),
             addr,
-            dir,
+            backend,
+            store_url,
+            store,
             client: reqwest::Client::new(),
+            _dir: dir,
             stop: Some(stop),
         }
     }
@@ -68,17 +142,28 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
-    /// Every file in the store, relative to its root, sorted.
-    pub fn stored_files(&self) -> Vec<String> {
-        let mut files = Vec::new();
-        walk(self.dir.path(), self.dir.path(), &mut files);
-        files.sort();
-        files
+    /// Every object in the store, by key, sorted.
+    pub async fn stored_files(&self) -> Vec<String> {
+        stored_keys(&self.store).await
     }
 
-    /// The path of an object in the store.
-    pub fn object(&self, key: &str) -> PathBuf {
-        self.dir.path().join(key)
+    /// The object at `key`, if there is one.
+    pub async fn read_object(&self, key: &str) -> Option<Vec<u8>> {
+        self.store
+            .read(&key.into())
+            .await
+            .unwrap()
+            .map(|bytes| bytes.to_vec())
+    }
+
+    /// Puts `bytes` at `key`, replacing what is there (to plant or tamper with objects).
+    pub async fn write_object(&self, key: &str, bytes: &[u8]) {
+        let path = key.into();
+        self.store.delete(&path).await.unwrap();
+        self.store
+            .put_if_absent(&path, bytes.to_vec().into())
+            .await
+            .unwrap();
     }
 
     /// Uploads raw bytes with an image/* content type and returns the JSON reply.
@@ -141,21 +226,86 @@ impl Drop for TestServer {
     }
 }
 
-fn walk(root: &Path, dir: &Path, files: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            walk(root, &path, files);
-        } else {
-            files.push(
-                path.strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string(),
-            );
+/// A store that several processes open: its URL, the variables that reach it, and a
+/// handle for the test to look inside.
+pub struct SharedStore {
+    pub url: String,
+    pub env: Vec<(&'static str, String)>,
+    pub store: Store,
+    _dir: Option<TempDir>,
+}
+
+impl SharedStore {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Filesystem => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = dir.path().to_str().unwrap().to_string();
+                Self {
+                    store: Store::open(&url, &Default::default()).unwrap(),
+                    url,
+                    env: Vec::new(),
+                    _dir: Some(dir),
+                }
+            }
+            Backend::S3 => {
+                let server = s3::shared();
+                let url = s3::fresh_store_url();
+                Self {
+                    store: Store::open(&url, &server.settings()).unwrap(),
+                    url,
+                    env: server.env(),
+                    _dir: None,
+                }
+            }
+            Backend::Memory => panic!("a memory store cannot be shared between processes"),
         }
     }
+
+    pub fn spawn_instance(&self) -> instance::Instance {
+        instance::Instance::spawn(&self.url, &self.env)
+    }
+}
+
+/// Every object in `store`, by key, sorted.
+pub async fn stored_keys(store: &Store) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .list(None)
+        .map_ok(|listed| listed.key)
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// Checks the store's invariants: every blob's bytes hash to its id (nothing partial
+/// under a real id), every sidecar and cached transform has its blob, and no lease is
+/// left behind. Returns the ids of the blobs.
+pub async fn assert_consistent(store: &Store) -> Vec<String> {
+    let keys = stored_keys(store).await;
+    let mut blobs = Vec::new();
+    for key in &keys {
+        assert!(
+            !key.starts_with("leases/"),
+            "a lease was left behind: {key}"
+        );
+        let name = key.rsplit('/').next().unwrap();
+        let (id, rest) = name.split_at(name.len().min(40));
+        assert_eq!(
+            key,
+            &format!("{}/{name}", &blob_key(id)[..3]),
+            "misplaced {key}"
+        );
+        if rest.is_empty() {
+            let bytes = store.read(&key.as_str().into()).await.unwrap().unwrap();
+            assert_eq!(sha1_hex(&bytes), id, "blob {key} does not hash to its id");
+            blobs.push(id.to_string());
+        } else {
+            assert!(keys.contains(&blob_key(id)), "{key} has no blob beside it");
+        }
+    }
+    blobs
 }
 
 /// The lowercase hex SHA-1 of some bytes: what an id must be.

@@ -1,0 +1,92 @@
+//! Leases: which instance computes a transform when several share one store.
+//!
+//! A lease is a small object at `leases/<derived key>`, written create-if-absent, so of
+//! all the instances that miss the cache at once exactly one creates it and computes;
+//! the others poll for the result. The lease names its expiry, and an expired lease
+//! may be removed by anyone, so a holder that crashed delays the others by at most the
+//! lease time. Leases live outside the `<h0>/<h1>/` shards and are never copied.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use super::{Put, Store};
+use crate::error::Result;
+
+/// The folder leases live in.
+pub const LEASES: &str = "leases";
+
+/// What a lease object holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseBody {
+    expires_at: DateTime<Utc>,
+    /// For people reading the store: which process holds it.
+    holder: String,
+}
+
+/// The outcome of trying to take a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The lease is ours: compute, store the result, then release it.
+    Acquired,
+    /// Someone else holds it until this time.
+    HeldUntil(DateTime<Utc>),
+    /// Nobody holds it (it was released between our two requests).
+    Free,
+}
+
+impl Store {
+    /// `leases/<derived key>`: the lease on computing the object at `derived`.
+    pub fn lease_path(derived: &Path) -> Path {
+        Path::from(format!("{LEASES}/{derived}"))
+    }
+
+    /// Takes the lease at `path` for `ttl`, or says who holds it.
+    pub async fn try_lease(&self, path: &Path, ttl: Duration) -> Result<Lease> {
+        let body = LeaseBody {
+            expires_at: Utc::now() + ttl,
+            holder: format!("pid {}", std::process::id()),
+        };
+        let json = serde_json::to_vec(&body).expect("lease serialises");
+        match self.put_if_absent(path, json.into()).await? {
+            Put::Created => Ok(Lease::Acquired),
+            Put::AlreadyThere => self.lease_state(path).await,
+        }
+    }
+
+    /// Whether the lease at `path` is held, and until when. A lease that cannot be read
+    /// (a torn or foreign object) counts as expired.
+    pub async fn lease_state(&self, path: &Path) -> Result<Lease> {
+        Ok(match self.read(path).await? {
+            None => Lease::Free,
+            Some(bytes) => Lease::HeldUntil(
+                serde_json::from_slice::<LeaseBody>(&bytes)
+                    .map_or(DateTime::<Utc>::MIN_UTC, |body| body.expires_at),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::S3Settings;
+
+    #[tokio::test]
+    async fn one_taker_until_released() {
+        let store = Store::open("memory://", &S3Settings::default()).unwrap();
+        let path = Store::lease_path(&Path::from("a/b/ab.e1.thumbnail.jpg"));
+        assert_eq!(path.as_ref(), "leases/a/b/ab.e1.thumbnail.jpg");
+        let ttl = Duration::from_secs(60);
+        assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
+        let Lease::HeldUntil(until) = store.try_lease(&path, ttl).await.unwrap() else {
+            panic!("a second taker must see the lease held");
+        };
+        assert!(until > Utc::now() + Duration::from_secs(50));
+        store.delete(&path).await.unwrap();
+        assert_eq!(store.lease_state(&path).await.unwrap(), Lease::Free);
+        assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
+    }
+}

@@ -1,0 +1,91 @@
+//! Real `progimage serve` processes, for tests of several instances on one store,
+//! of signals and of crashes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A `progimage serve` child process listening on an ephemeral loopback port.
+pub struct Instance {
+    pub base: String,
+    child: Child,
+}
+
+impl Instance {
+    /// Starts `progimage serve --store <store>` with extra environment variables.
+    pub fn spawn(store: &str, env: &[(&str, String)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_progimage"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("progimage starts");
+        // The address is in the first log line; the rest of the log is drained (and
+        // echoed, so a failing test shows it) for as long as the process runs.
+        let stderr = child.stderr.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listen=").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = sender.send(addr);
+                }
+                eprintln!("[instance] {line}");
+            }
+        });
+        let addr = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("progimage logs its address");
+        Self {
+            base: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a PNG body to `/`.
+    pub async fn upload_png(&self, client: &reqwest::Client, png: Vec<u8>) -> reqwest::Response {
+        client
+            .post(self.url("/"))
+            .header("content-type", "image/png")
+            .body(png)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (SIGTERM, SIGKILL, ...).
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,237 @@
+//! Faults survived: the store going away and coming back, a process killed in the
+//! middle of uploads, and a graceful stop on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::s3::S3Proxy;
+use common::{
+    assert_consistent, noise_png, on_shared_stores, sha1_hex, Backend, SharedStore, TestServer,
+};
+use futures::future::join_all;
+use futures::StreamExt;
+
+on_shared_stores!(
+    a_killed_process_loses_nothing_it_acknowledged,
+    a_crashed_holders_lease_delays_others_only_until_it_expires,
+);
+
+#[tokio::test]
+async fn an_unreachable_s3_store_is_a_503_and_the_service_recovers() {
+    let s3 = common::s3::shared();
+    let mut proxy = S3Proxy::start(s3.addr).await;
+    let server = TestServer::on_with(Backend::S3, |settings| {
+        settings.s3 = s3.settings_via(proxy.addr);
+        settings.s3.retry_timeout_secs = 2;
+    })
+    .await;
+    let stored = noise_png(40, 30);
+    let id = server.upload(&stored).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(server.get("/readyz").await.status(), 200);
+
+    proxy.cut();
+    let started = Instant::now();
+    let response = server.get(&format!("/images/{id}/")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a 503 must come within the retry timeout, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "store_unavailable");
+
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap()["status"],
+        "unavailable"
+    );
+    assert_eq!(
+        server.get("/healthz").await.status(),
+        200,
+        "the process is alive"
+    );
+    let refused = noise_png(41, 30);
+    let upload = server.post_raw("/", "image/png", refused.clone()).await;
+    assert_eq!(upload.status(), 503);
+    assert_eq!(
+        server
+            .get(&format!("/images/{id}/thumbnail/"))
+            .await
+            .status(),
+        503
+    );
+
+    // The store comes back where it was: no restart of progimage needed.
+    proxy.restore().await;
+    assert_eq!(server.get("/readyz").await.status(), 200);
+    let original = server.get(&format!("/images/{id}/")).await;
+    assert_eq!(original.status(), 200);
+    assert_eq!(original.bytes().await.unwrap(), stored);
+    assert_eq!(
+        server
+            .get(&format!("/images/{id}/thumbnail/"))
+            .await
+            .status(),
+        200
+    );
+    // The refused upload left nothing behind; sent again, it is stored.
+    assert_eq!(assert_consistent(&server.store).await, vec![id]);
+    assert_eq!(
+        server.post_raw("/", "image/png", refused).await.status(),
+        201
+    );
+}
+
+/// Uploads distinct images through a process that is SIGKILLed while some are still
+/// being sent; a restarted process must serve every upload that got a 2xx, and the
+/// store must hold no partial blob and no sidecar without its blob.
+async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let instance = shared.spawn_instance();
+    let client = reqwest::Client::new();
+    let images: Vec<Vec<u8>> = (0..24).map(|n| noise_png(300 + n, 200)).collect();
+    let uploads = images.iter().enumerate().map(|(n, bytes)| {
+        let client = client.clone();
+        let url = instance.url("/");
+        let bytes = bytes.clone();
+        async move {
+            // Every other upload trickles in, so some are mid-body at the kill.
+            let body = if n % 2 == 0 {
+                reqwest::Body::from(bytes.clone())
+            } else {
+                slow_body(bytes.clone(), Duration::from_millis(40 * n as u64))
+            };
+            let response = client
+                .post(url)
+                .header("content-type", "image/png")
+                .body(body)
+                .send()
+                .await;
+            match response {
+                Ok(response) if response.status().is_success() => Some(sha1_hex(&bytes)),
+                _ => None,
+            }
+        }
+    });
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        instance.signal(libc::SIGKILL);
+    };
+    let (acknowledged, ()) = tokio::join!(join_all(uploads), killer);
+    let acknowledged: Vec<String> = acknowledged.into_iter().flatten().collect();
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < images.len(),
+        "the kill must land mid-run: {} of {} acknowledged",
+        acknowledged.len(),
+        images.len()
+    );
+    drop(instance);
+
+    let restarted = shared.spawn_instance();
+    for id in &acknowledged {
+        let response = client
+            .get(restarted.url(&format!("/images/{id}/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "acknowledged {id} is lost");
+        assert_eq!(&sha1_hex(&response.bytes().await.unwrap()), id);
+    }
+    let blobs = assert_consistent(&shared.store).await;
+    for id in &acknowledged {
+        assert!(blobs.contains(id));
+    }
+}
+
+/// A lease left by an instance that died while computing: the next request waits for
+/// it to expire, then computes the transform itself and clears the lease.
+async fn a_crashed_holders_lease_delays_others_only_until_it_expires(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let id = server.upload(&noise_png(64, 64)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/images/{id}/thumbnail/");
+    assert_eq!(server.get(&path).await.headers()["x-cache"], "MISS");
+    let files = server.stored_files().await;
+    let derived = files.iter().find(|key| key.contains(".e1.")).unwrap();
+    server.store.delete(&derived.as_str().into()).await.unwrap();
+    let lease = format!("leases/{derived}");
+    let expires_at = chrono::Utc::now() + Duration::from_millis(1500);
+    let body = serde_json::json!({"expires_at": expires_at, "holder": "a crashed instance"});
+    server
+        .write_object(&lease, body.to_string().as_bytes())
+        .await;
+
+    let started = Instant::now();
+    let response = server.get(&path).await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(10),
+        "waited {waited:?} for a lease expiring after 1.5 s"
+    );
+    assert_eq!(
+        server.stored_files().await,
+        files,
+        "recomputed, lease cleared"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_0() {
+    let shared = SharedStore::new(Backend::Filesystem);
+    let mut instance = shared.spawn_instance();
+    let client = reqwest::Client::new();
+    let bytes = noise_png(120, 80);
+    let slow_upload = client
+        .post(instance.url("/"))
+        .header("content-type", "image/png")
+        .body(slow_body(bytes.clone(), Duration::from_millis(1500)))
+        .send();
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        instance.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // New connections are refused while the slow upload is still arriving.
+        let late = reqwest::Client::new()
+            .get(instance.url("/healthz"))
+            .send()
+            .await;
+        assert!(late.is_err(), "a new request was accepted after SIGTERM");
+    };
+    let (response, ()) = tokio::join!(slow_upload, terminate);
+    let response = response.expect("the in-flight upload is answered");
+    assert_eq!(response.status(), 201);
+    let status = instance
+        .wait(Duration::from_secs(10))
+        .expect("the process exits");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        assert_consistent(&shared.store).await,
+        vec![sha1_hex(&bytes)]
+    );
+}
+
+/// A request body sent in 16 pieces spread over `duration`.
+fn slow_body(bytes: Vec<u8>, duration: Duration) -> reqwest::Body {
+    let pieces = 16;
+    let step = bytes.len().div_ceil(pieces);
+    let bytes = Bytes::from(bytes);
+    let chunks = (0..pieces)
+        .map(move |n| bytes.slice((n * step).min(bytes.len())..((n + 1) * step).min(bytes.len())));
+    let pause = duration / pieces as u32;
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks).then(move |chunk| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(chunk)
+    }))
+}

@@ -1,0 +1,139 @@
+//! Several `progimage serve` processes on one store, as behind a load balancer: what
+//! one stores the other serves at once, duplicate uploads and transforms converge on
+//! one object, and a new transform is computed once however many ask for it.
+
+mod common;
+
+use common::{
+    assert_consistent, blob_key, noise_png, on_shared_stores, sha1_hex, stored_keys, Backend,
+    SharedStore,
+};
+use futures::future::join_all;
+
+on_shared_stores!(
+    an_upload_through_one_is_served_by_the_other,
+    concurrent_uploads_of_the_same_bytes_leave_one_blob_and_one_sidecar,
+    a_new_transform_is_computed_once_across_instances,
+);
+
+async fn an_upload_through_one_is_served_by_the_other(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let (a, b) = (shared.spawn_instance(), shared.spawn_instance());
+    let client = reqwest::Client::new();
+    let bytes = noise_png(64, 48);
+    let uploaded = a.upload_png(&client, bytes.clone()).await;
+    assert_eq!(uploaded.status(), 201);
+    let id = sha1_hex(&bytes);
+
+    let original = client
+        .get(b.url(&format!("/images/{id}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(original.status(), 200);
+    assert_eq!(original.headers()["content-type"], "image/png");
+    assert_eq!(original.bytes().await.unwrap(), bytes);
+    let meta: serde_json::Value = client
+        .get(b.url(&format!("/images/{id}/meta/")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (meta["width"].as_u64(), meta["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+}
+
+async fn concurrent_uploads_of_the_same_bytes_leave_one_blob_and_one_sidecar(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let instances = [shared.spawn_instance(), shared.spawn_instance()];
+    let client = reqwest::Client::new();
+    let bytes = noise_png(200, 100);
+    let uploads = (0..20).map(|n| instances[n % 2].upload_png(&client, bytes.clone()));
+    for response in join_all(uploads).await {
+        assert!(response.status().is_success(), "{}", response.status());
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(reply["id"], sha1_hex(&bytes));
+    }
+    let id = sha1_hex(&bytes);
+    assert_eq!(assert_consistent(&shared.store).await, vec![id.clone()]);
+    let keys = stored_keys(&shared.store).await;
+    assert_eq!(keys, vec![blob_key(&id), format!("{}.meta", blob_key(&id))]);
+    // Both instances describe it with the one sidecar that won.
+    let metas = join_all(instances.iter().map(|instance| async {
+        client
+            .get(instance.url(&format!("/images/{id}/meta/")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }))
+    .await;
+    assert_eq!(metas[0], metas[1]);
+}
+
+async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let instances = [shared.spawn_instance(), shared.spawn_instance()];
+    let client = reqwest::Client::new();
+    let bytes = noise_png(1200, 900);
+    let id = instances[0]
+        .upload_png(&client, bytes)
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/images/{id}/resize(w=700)/grayscale/?format=png");
+    let requests = (0..100).map(|n| {
+        let url = instances[n % 2].url(&path);
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let cache = response.headers()["x-cache"].to_str().unwrap().to_string();
+            (cache, response.bytes().await.unwrap())
+        }
+    });
+    let responses = join_all(requests).await;
+    let computed = responses
+        .iter()
+        .filter(|(cache, _)| cache == "MISS")
+        .count();
+    assert_eq!(
+        computed,
+        1,
+        "X-Cache of the 100 responses: {:?}",
+        caches(&responses)
+    );
+    let listed = stored_keys(&shared.store).await;
+    let derived: Vec<&String> = listed.iter().filter(|key| key.contains(".e1.")).collect();
+    assert_eq!(derived.len(), 1, "one cached transform: {listed:?}");
+    let stored = shared
+        .store
+        .read(&derived[0].as_str().into())
+        .await
+        .unwrap();
+    let stored = stored.expect("the transform is cached under its key");
+    for (cache, body) in &responses {
+        assert_eq!(
+            body, &stored,
+            "a {cache} response differs from the cached object"
+        );
+    }
+    let image = image::load_from_memory(&stored).unwrap();
+    assert_eq!((image.width(), image.height()), (700, 525));
+    // One blob, its sidecar, one cached transform, and no lease left behind.
+    assert_eq!(assert_consistent(&shared.store).await, vec![id]);
+}
+
+fn caches(responses: &[(String, bytes::Bytes)]) -> Vec<&str> {
+    responses.iter().map(|(cache, _)| cache.as_str()).collect()
+}

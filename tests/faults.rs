@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::s3::S3Proxy;
+use common::s3::{S3Proxy, S3Server};
 use common::{
     assert_consistent, noise_png, on_shared_stores, sha1_hex, Backend, SharedStore, TestServer,
 };
@@ -90,6 +91,40 @@ async fn an_unreachable_s3_store_is_a_503_and_the_service_recovers() {
     );
 }
 
+#[tokio::test]
+async fn a_hung_s3_store_is_a_503_within_the_timeouts_and_the_service_recovers() {
+    let s3 = S3Server::start(); // its own: the others keep working meanwhile
+    let server = TestServer::on_with(Backend::S3, |settings| {
+        settings.s3 = s3.settings();
+        settings.s3.request_timeout_secs = 1;
+        settings.s3.max_retries = 1;
+        settings.s3.retry_timeout_secs = 1;
+    })
+    .await;
+    let stored = noise_png(40, 30);
+    let id = server.upload(&stored).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    s3.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let response = server.get(&format!("/images/{id}/")).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "a hung store must become a 503 after the request timeout and one retry, took {took:?}"
+    );
+    assert_eq!(server.get("/readyz").await.status(), 503);
+
+    s3.signal(libc::SIGCONT);
+    assert_eq!(server.get("/readyz").await.status(), 200);
+    let original = server.get(&format!("/images/{id}/")).await;
+    assert_eq!(original.bytes().await.unwrap(), stored);
+    assert_eq!(assert_consistent(&server.store).await, vec![id]);
+}
+
 /// Uploads distinct images through a process that is SIGKILLed while some are still
 /// being sent; a restarted process must serve every upload that got a 2xx, and the
 /// store must hold no partial blob and no sidecar without its blob.
@@ -98,16 +133,18 @@ async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
     let instance = shared.spawn_instance();
     let client = reqwest::Client::new();
     let images: Vec<Vec<u8>> = (0..24).map(|n| noise_png(300 + n, 200)).collect();
+    let answered = AtomicUsize::new(0);
     let uploads = images.iter().enumerate().map(|(n, bytes)| {
         let client = client.clone();
         let url = instance.url("/");
         let bytes = bytes.clone();
+        let answered = &answered;
         async move {
-            // Every other upload trickles in, so some are mid-body at the kill.
+            // Every other upload trickles in for seconds, so it is mid-body at the kill.
             let body = if n % 2 == 0 {
                 reqwest::Body::from(bytes.clone())
             } else {
-                slow_body(bytes.clone(), Duration::from_millis(40 * n as u64))
+                slow_body(bytes.clone(), Duration::from_millis(3000 + 50 * n as u64))
             };
             let response = client
                 .post(url)
@@ -116,13 +153,20 @@ async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
                 .send()
                 .await;
             match response {
-                Ok(response) if response.status().is_success() => Some(sha1_hex(&bytes)),
+                Ok(response) if response.status().is_success() => {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    Some(sha1_hex(&bytes))
+                }
                 _ => None,
             }
         }
     });
+    // The kill lands once a few uploads are acknowledged, however fast the machine.
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        while answered.load(Ordering::SeqCst) < 4 && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         instance.signal(libc::SIGKILL);
     };
     let (acknowledged, ()) = tokio::join!(join_all(uploads), killer);

@@ -73,6 +73,12 @@ impl S3Server {
         self.settings_via(self.addr)
     }
 
+    /// Sends the server a signal: SIGSTOP freezes it (connections are accepted by the
+    /// kernel and never answered: a hung store), SIGCONT brings it back with its objects.
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
     /// The `AWS_*` variables that reach this server, for spawned processes.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, Semaphore};
@@ -253,6 +253,50 @@ impl Service {
             bytes: Some(bytes.len() as u64),
             ..Sidecar::default()
         })
+    }
+
+    /// A page of stored images after `cursor`, each with its sidecar, and whether more
+    /// follow. Sidecars are read 8 at a time.
+    pub async fn list(
+        &self,
+        cursor: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<(Vec<(ImageId, Sidecar)>, bool)> {
+        let mut ids = self.store.ids_after(cursor, limit + 1).await?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let page = stream::iter(ids)
+            .map(|id| async move {
+                let sidecar = self.sidecar(&id).await?;
+                Ok::<_, Error>((id, sidecar))
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        Ok((page, more))
+    }
+
+    /// Deletes an image: its cached transforms, then its sidecar, then its blob, so an
+    /// interrupted delete leaves a blob without a sidecar (still a valid image) and
+    /// never a sidecar without its blob. A reader gets the whole image or a 404: blobs
+    /// are never rewritten, and a read already streaming finishes. Transforms that
+    /// concurrent requests store meanwhile are swept once more at the end.
+    pub async fn delete(&self, id: &ImageId) -> Result<()> {
+        let blob = Store::blob_path(id);
+        let siblings = self.store.siblings(id).await?;
+        if siblings.is_empty() && self.store.size(&blob).await?.is_none() {
+            return Err(image_not_found(id));
+        }
+        let sidecar = Store::sidecar_path(id);
+        for path in siblings.iter().filter(|path| **path != sidecar) {
+            self.store.delete(path).await?;
+        }
+        self.store.delete(&sidecar).await?;
+        self.store.delete(&blob).await?;
+        for path in self.store.siblings(id).await? {
+            self.store.delete(&path).await?;
+        }
+        Ok(())
     }
 
     /// The original bytes, or `range` of them.

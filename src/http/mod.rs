@@ -100,6 +100,24 @@ impl App {
                 );
                 Ok(response)
             }
+            Route::List => {
+                let (cursor, limit) = page_query(&query_pairs(&parts))?;
+                let (page, more) = self.service.list(cursor.as_ref(), limit).await?;
+                let base = self.base_url(&parts);
+                let images: Vec<_> = page
+                    .iter()
+                    .map(|(id, sidecar)| ListedImage::new(id, &base, sidecar))
+                    .collect();
+                let next_cursor = more.then(|| page.last().map(|(id, _)| id.as_str()));
+                Ok(response::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"images": images, "next_cursor": next_cursor.flatten()}),
+                ))
+            }
+            Route::Delete(id) => {
+                self.service.delete(&id).await?;
+                Ok(response::no_content())
+            }
             Route::Original(id) => {
                 let fetched = self.service.original(&id, range).await?;
                 Ok(response::object(&parts.headers, head_only, fetched))
@@ -214,6 +232,72 @@ fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect()
+}
+
+/// The default and the largest page of `GET /images/`.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+
+/// `cursor` (the last id of the previous page) and `limit` from a listing's query.
+fn page_query(query: &[(String, String)]) -> Result<(Option<ImageId>, usize)> {
+    let mut cursor = None;
+    let mut limit = DEFAULT_PAGE;
+    for (key, value) in query {
+        match key.as_str() {
+            "cursor" => cursor = Some(ImageId::parse(value)?),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| {
+                        Error::bad_request(
+                            "invalid_parameter",
+                            format!(
+                                "limit must be a whole number from 1 to {MAX_PAGE}, not '{value}'"
+                            ),
+                        )
+                    })?
+            }
+            _ => {
+                return Err(Error::bad_request(
+                    "unknown_parameter",
+                    format!("GET /images/ takes limit and cursor, not '{key}'"),
+                ))
+            }
+        }
+    }
+    Ok((cursor, limit))
+}
+
+/// One image in a listing.
+#[derive(Serialize)]
+struct ListedImage<'a> {
+    id: &'a str,
+    url: String,
+    content_type: Option<&'a str>,
+    bytes: Option<u64>,
+    width: Option<u32>,
+    height: Option<u32>,
+    file_name: &'a str,
+    name: Option<&'a str>,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl<'a> ListedImage<'a> {
+    fn new(id: &'a ImageId, base: &str, sidecar: &'a Sidecar) -> Self {
+        Self {
+            id: id.as_str(),
+            url: format!("{base}/images/{id}/"),
+            content_type: sidecar.content_type.as_deref(),
+            bytes: sidecar.bytes,
+            width: sidecar.width,
+            height: sidecar.height,
+            file_name: &sidecar.file_name,
+            name: sidecar.name.as_deref(),
+            created: sidecar.created,
+        }
+    }
 }
 
 /// The JSON body of a successful upload.

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! POST        /  and  /images/                upload (multipart or raw image body)
+//! GET, HEAD   /images/?limit=&cursor=         a page of stored images, in id order
 //! GET, HEAD   /images/<id>/                   the original bytes
+//! DELETE      /images/<id>/                   the image, its sidecar and its transforms
 //! GET, HEAD   /images/<id>.<jpg|png|webp|gif> the original converted (a cached transform)
 //! GET, HEAD   /images/<id>/meta/              the JSON sidecar
 //! GET, HEAD   /images/<id>/<pipeline>/        a transform or pipeline (see engine::pipeline)
@@ -25,7 +27,9 @@ use crate::store::ImageId;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Upload,
+    List,
     Original(ImageId),
+    Delete(ImageId),
     Converted(ImageId, Format),
     Meta(ImageId),
     /// An image and the pipeline part of the path (`thumbnail`, `crop(aspect=1:1)/grayscale`).
@@ -36,18 +40,27 @@ pub enum Route {
     Ready,
 }
 
-/// Methods allowed on the resources that can be read.
+/// The methods each kind of resource allows, as the `Allow` header lists them.
 const READ: &str = "GET, HEAD";
 const WRITE: &str = "POST";
+const COLLECTION: &str = "GET, HEAD, POST";
+const IMAGE: &str = "GET, HEAD, DELETE";
 
 impl Route {
     /// Resolves `method` and `path`. A known path with the wrong method is a 405 whose
     /// message is the `Allow` header value.
     pub fn resolve(method: &Method, path: &str) -> Result<Self> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let reads = method == Method::GET || method == Method::HEAD;
         let (route, allow) = match segments.as_slice() {
-            [""] | ["images"] => (Route::Upload, WRITE),
-            ["images", image] => (Self::image(image)?, READ),
+            [""] => (Route::Upload, WRITE),
+            ["images"] if reads => (Route::List, COLLECTION),
+            ["images"] => (Route::Upload, COLLECTION),
+            ["images", image] if image.contains('.') => (Self::image(image)?, READ),
+            ["images", id] if method == Method::DELETE => {
+                (Route::Delete(ImageId::parse(id)?), IMAGE)
+            }
+            ["images", image] => (Self::image(image)?, IMAGE),
             ["images", id, "meta"] => (Route::Meta(ImageId::parse(id)?), READ),
             ["images", id, pipeline @ ..] => (
                 Route::Transform(ImageId::parse(id)?, pipeline.join("/")),
@@ -66,11 +79,7 @@ impl Route {
                 ))
             }
         };
-        let allowed = match allow {
-            READ => method == Method::GET || method == Method::HEAD,
-            _ => method == Method::POST,
-        };
-        if allowed {
+        if allow.split(", ").any(|allowed| allowed == method.as_str()) {
             Ok(route)
         } else {
             Err(Error::new(
@@ -145,15 +154,24 @@ mod tests {
             )
         );
         assert_eq!(get("/transforms/").unwrap(), Route::Transforms);
+        assert_eq!(get("/images/").unwrap(), Route::List);
+        assert_eq!(
+            Route::resolve(&Method::DELETE, &format!("/images/{ID}/")).unwrap(),
+            Route::Delete(ImageId::parse(ID).unwrap())
+        );
     }
 
     #[test]
     fn wrong_methods_and_paths_are_refused() {
-        let err = Route::resolve(&Method::DELETE, &format!("/images/{ID}/")).unwrap_err();
+        let err = Route::resolve(&Method::PUT, &format!("/images/{ID}/")).unwrap_err();
         assert_eq!(
             (err.kind, err.message.as_str()),
-            (ErrorKind::MethodNotAllowed, "GET, HEAD")
+            (ErrorKind::MethodNotAllowed, "GET, HEAD, DELETE")
         );
+        let err = Route::resolve(&Method::DELETE, "/images/").unwrap_err();
+        assert_eq!(err.message, "GET, HEAD, POST");
+        let err = Route::resolve(&Method::DELETE, &format!("/images/{ID}/meta/")).unwrap_err();
+        assert_eq!(err.message, "GET, HEAD");
         assert_eq!(
             Route::resolve(&Method::GET, "/nope/a/b/c")
                 .unwrap_err()

@@ -43,7 +43,7 @@ pub use lease::{Lease, LEASES};
 pub use sidecar::Sidecar;
 
 /// The id of an image: the lowercase hex SHA-1 of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageId(String);
 
 impl ImageId {
@@ -194,6 +194,47 @@ impl Store {
             })
             .map_err(Error::from)
             .boxed()
+    }
+
+    /// Up to `limit` image ids greater than `after`, in id order. The shards are walked
+    /// in order from the cursor's own, so a page costs one listing per shard it spans,
+    /// however large the store, and a cursor stays valid while images are added.
+    pub async fn ids_after(&self, after: Option<&ImageId>, limit: usize) -> Result<Vec<ImageId>> {
+        let first_shard = after.map_or(0, |id| {
+            usize::from_str_radix(&id.as_str()[..2], 16).unwrap_or(0)
+        });
+        let mut ids = Vec::new();
+        for shard in first_shard..256 {
+            let prefix = format!("{:x}/{:x}", shard >> 4, shard & 15);
+            let mut found: Vec<ImageId> = self
+                .list(Some(&prefix))
+                .try_filter_map(|listed| async move {
+                    let name = listed.key.rsplit('/').next().unwrap_or("");
+                    Ok(ImageId::parse(name).ok().filter(|id| id.as_str() == name))
+                })
+                .try_collect()
+                .await?;
+            found.sort();
+            found.retain(|id| after.is_none_or(|after| id > after));
+            ids.extend(found);
+            if ids.len() >= limit {
+                ids.truncate(limit);
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Every object of `id` but its blob: the sidecar and the cached transforms.
+    pub async fn siblings(&self, id: &ImageId) -> Result<Vec<Path>> {
+        let own = format!("{}.", Self::blob_path(id));
+        self.list(Some(&Self::shard(id)))
+            .try_filter_map(|listed| {
+                let path = listed.key.starts_with(&own).then(|| Path::from(listed.key));
+                async move { Ok(path) }
+            })
+            .try_collect()
+            .await
     }
 
     /// Removes the object at `path`; removing nothing is not an error.

@@ -89,11 +89,11 @@ async fn wrong_methods_are_405_with_allow(backend: Backend) {
     let id = "0123456789abcdef0123456789abcdef01234567";
     let response = server
         .client
-        .delete(server.url(&format!("/images/{id}/")))
+        .put(server.url(&format!("/images/{id}/")))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    assert_eq!(response.headers()["allow"], "GET, HEAD, DELETE");
     expect_error(
         response,
         StatusCode::METHOD_NOT_ALLOWED,

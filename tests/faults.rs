@@ -29,10 +29,7 @@ async fn an_unreachable_s3_store_is_a_503_and_the_service_recovers() {
     })
     .await;
     let stored = noise_png(40, 30);
-    let id = server.upload(&stored).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.upload_id(&stored).await;
     assert_eq!(server.get("/readyz").await.status(), 200);
 
     proxy.cut();
@@ -102,10 +99,7 @@ async fn a_hung_s3_store_is_a_503_within_the_timeouts_and_the_service_recovers()
     })
     .await;
     let stored = noise_png(40, 30);
-    let id = server.upload(&stored).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.upload_id(&stored).await;
 
     s3.signal(libc::SIGSTOP);
     let started = Instant::now();
@@ -199,10 +193,7 @@ async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
 /// it to expire, then computes the transform itself and clears the lease.
 async fn a_crashed_holders_lease_delays_others_only_until_it_expires(backend: Backend) {
     let server = TestServer::on(backend).await;
-    let id = server.upload(&noise_png(64, 64)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.upload_id(&noise_png(64, 64)).await;
     let path = format!("/images/{id}/thumbnail/");
     assert_eq!(server.get(&path).await.headers()["x-cache"], "MISS");
     let files = server.stored_files().await;

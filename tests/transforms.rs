@@ -299,10 +299,7 @@ fn the_cli_runs_the_same_engine_on_local_files() {
 /// cached like any other, on every store.
 async fn a_long_pipeline_is_cached_under_a_hashed_key(backend: Backend) {
     let server = TestServer::on(backend).await;
-    let id = server.upload(&png(120, 80)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.upload_id(&png(120, 80)).await;
     let steps: Vec<String> = (0..8).map(|n| format!("resize(w={})", 100 - n)).collect();
     let path = format!("/images/{id}/{}/", steps.join("/"));
     let first = server.get(&path).await;

@@ -177,6 +177,11 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// Uploads raw bytes and returns the id the server gave them.
+    pub async fn upload_id(&self, bytes: &[u8]) -> String {
+        self.upload(bytes).await["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }

@@ -435,17 +435,15 @@ impl Service {
             if let Some(bytes) = self.store.read(path).await? {
                 return Ok(Some(bytes));
             }
-            match self.store.lease_state(lease).await? {
-                Lease::HeldUntil(until) if until > chrono::Utc::now() => {}
-                Lease::HeldUntil(_) => {
+            match self.store.lease_expiry(lease).await? {
+                Some(until) if until > chrono::Utc::now() => {}
+                Some(_) => {
                     tracing::warn!(lease = %lease, "removing an expired lease");
                     self.store.delete(lease).await?;
                     return Ok(None);
                 }
-                Lease::Free | Lease::Acquired => {
-                    // Released: the result is stored by now unless the holder failed.
-                    return self.store.read(path).await;
-                }
+                // Released: the result is stored by now unless the holder failed.
+                None => return self.store.read(path).await,
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));

@@ -33,17 +33,19 @@ impl Backend {
         }
         let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.is_empty() || dir.contains("://") {
-            return Err(unusable(
+            return Err(Error::bad_request(
                 "store_unsupported",
                 format!(
                     "unknown store URL '{url}': use a path, file:///abs/path, s3://bucket/prefix or memory://"
                 ),
             ));
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|err| unusable("store_unusable", format!("cannot create {dir}: {err}")))?;
-        let local = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|err| unusable("store_unusable", format!("cannot open {dir}: {err}")))?;
+        std::fs::create_dir_all(dir).map_err(|err| {
+            Error::bad_request("store_unusable", format!("cannot create {dir}: {err}"))
+        })?;
+        let local = LocalFileSystem::new_with_prefix(dir).map_err(|err| {
+            Error::bad_request("store_unusable", format!("cannot open {dir}: {err}"))
+        })?;
         Ok(Self::whole_puts(Arc::new(local)))
     }
 
@@ -65,7 +67,7 @@ fn open_s3(bucket_and_prefix: &str, settings: &S3Settings) -> Result<Backend> {
         .split_once('/')
         .unwrap_or((bucket_and_prefix, ""));
     if bucket.is_empty() {
-        return Err(unusable(
+        return Err(Error::bad_request(
             "store_unsupported",
             "an S3 store URL needs a bucket: s3://bucket/optional/prefix",
         ));
@@ -113,7 +115,7 @@ fn open_s3(bucket_and_prefix: &str, settings: &S3Settings) -> Result<Backend> {
         builder = builder.with_virtual_hosted_style_request(true);
     }
     let s3 = builder.build().map_err(|err| {
-        unusable(
+        Error::bad_request(
             "store_unusable",
             format!("cannot configure the S3 store s3://{bucket_and_prefix}: {err}"),
         )
@@ -129,8 +131,4 @@ fn open_s3(bucket_and_prefix: &str, settings: &S3Settings) -> Result<Backend> {
         multipart_threshold: settings.multipart_threshold_bytes,
         multipart_part: usize::try_from(settings.multipart_part_bytes).unwrap_or(usize::MAX),
     })
-}
-
-fn unusable(code: &'static str, message: impl Into<String>) -> Error {
-    Error::bad_request(code, message)
 }

@@ -37,6 +37,12 @@ pub enum Lease {
     Free,
 }
 
+impl From<Option<DateTime<Utc>>> for Lease {
+    fn from(expiry: Option<DateTime<Utc>>) -> Self {
+        expiry.map_or(Lease::Free, Lease::HeldUntil)
+    }
+}
+
 impl Store {
     /// `leases/<derived key>`: the lease on computing the object at `derived`.
     pub fn lease_path(derived: &Path) -> Path {
@@ -52,20 +58,17 @@ impl Store {
         let json = serde_json::to_vec(&body).expect("lease serialises");
         match self.put_if_absent(path, json.into()).await? {
             Put::Created => Ok(Lease::Acquired),
-            Put::AlreadyThere => self.lease_state(path).await,
+            Put::AlreadyThere => self.lease_expiry(path).await.map(Lease::from),
         }
     }
 
-    /// Whether the lease at `path` is held, and until when. A lease that cannot be read
-    /// (a torn or foreign object) counts as expired.
-    pub async fn lease_state(&self, path: &Path) -> Result<Lease> {
-        Ok(match self.read(path).await? {
-            None => Lease::Free,
-            Some(bytes) => Lease::HeldUntil(
-                serde_json::from_slice::<LeaseBody>(&bytes)
-                    .map_or(DateTime::<Utc>::MIN_UTC, |body| body.expires_at),
-            ),
-        })
+    /// When the lease at `path` expires, or `None` if nobody holds it. A lease that
+    /// cannot be read (a torn or foreign object) counts as expired.
+    pub async fn lease_expiry(&self, path: &Path) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.read(path).await?.map(|bytes| {
+            serde_json::from_slice::<LeaseBody>(&bytes)
+                .map_or(DateTime::<Utc>::MIN_UTC, |body| body.expires_at)
+        }))
     }
 }
 
@@ -86,7 +89,7 @@ mod tests {
         };
         assert!(until > Utc::now() + Duration::from_secs(50));
         store.delete(&path).await.unwrap();
-        assert_eq!(store.lease_state(&path).await.unwrap(), Lease::Free);
+        assert_eq!(store.lease_expiry(&path).await.unwrap(), None);
         assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
     }
 }

@@ -37,9 +37,51 @@ pub struct Settings {
     pub limits: Limits,
     /// How to reach an `s3://` store.
     pub s3: S3Settings,
+    /// Who may do what: API keys, private reads, signed transform URLs.
+    pub access: Access,
+    /// Upload by URL: how remote images are fetched.
+    pub fetch: Fetch,
     /// Named pipelines, usable as `GET /images/<id>/<name>/`, e.g.
     /// `avatar = "crop(aspect=1:1)/resize(w=96)"`.
     pub presets: BTreeMap<String, String>,
+}
+
+/// Access control. With no keys and no signing key, everything is open.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    /// Keys accepted in `Authorization: Bearer <key>`; several allow rotation. When any
+    /// is set, uploads, deletes, metadata changes and on-demand transforms need one.
+    pub api_keys: Vec<String>,
+    /// Reads (images, metadata, listings, transforms) need a key too.
+    pub private: bool,
+    /// When set, transform URLs need `sig=` (HMAC-SHA256 of the path and query).
+    pub signing_key: String,
+    /// Presets that need no signature.
+    pub public_presets: Vec<String>,
+}
+
+/// Fetching images from URLs (`POST /` with `{"url": ...}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fetch {
+    /// Seconds the whole fetch (connect, redirects, body) may take.
+    pub timeout_secs: u64,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+    /// Networks (CIDR, e.g. `10.0.0.0/8`) opened despite the SSRF protection, which
+    /// otherwise refuses private, loopback, link-local and other non-public addresses.
+    pub allow_networks: Vec<String>,
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 10,
+            max_redirects: 3,
+            allow_networks: Vec::new(),
+        }
+    }
 }
 
 /// Limits that protect the service from oversized or hostile input.
@@ -57,6 +99,8 @@ pub struct Limits {
     pub max_frames: u64,
     /// Seconds a client has to send its request headers before the connection closes.
     pub header_read_timeout_secs: u64,
+    /// Transform jobs that may wait for a worker; beyond them a request gets 429.
+    pub max_queued_transforms: usize,
 }
 
 /// Options for `s3://` stores. Empty strings and `false` leave the standard `AWS_*`
@@ -124,6 +168,8 @@ impl Default for Settings {
             shutdown_grace_secs: 30,
             limits: Limits::default(),
             s3: S3Settings::default(),
+            access: Access::default(),
+            fetch: Fetch::default(),
             presets: BTreeMap::new(),
         }
     }
@@ -137,6 +183,7 @@ impl Default for Limits {
             max_output_pixels: 50_000_000,
             max_frames: 100,
             header_read_timeout_secs: 30,
+            max_queued_transforms: 64,
         }
     }
 }
@@ -150,6 +197,8 @@ pub struct Overrides {
     pub transform_workers: Option<usize>,
     pub max_upload_bytes: Option<u64>,
     pub max_input_pixels: Option<u64>,
+    pub api_keys: Option<Vec<String>>,
+    pub signing_key: Option<String>,
 }
 
 impl Settings {
@@ -187,6 +236,8 @@ impl Settings {
             transform_workers,
             max_upload_bytes,
             max_input_pixels,
+            api_keys,
+            signing_key,
         } = overrides;
         if let Some(value) = listen {
             self.listen = value;
@@ -205,6 +256,12 @@ impl Settings {
         }
         if let Some(value) = max_input_pixels {
             self.limits.max_input_pixels = value;
+        }
+        if let Some(value) = api_keys {
+            self.access.api_keys = value;
+        }
+        if let Some(value) = signing_key {
+            self.access.signing_key = value;
         }
     }
 

@@ -12,10 +12,16 @@ use std::fmt;
 pub enum ErrorKind {
     /// A malformed request: bad parameter, bad form, bad id (400).
     BadRequest,
+    /// No API key where one is needed (401).
+    Unauthorized,
+    /// A wrong API key, or a missing or wrong URL signature (403).
+    Forbidden,
     /// No such image, transform or route (404).
     NotFound,
     /// The route exists but not for this method (405).
     MethodNotAllowed,
+    /// `If-Match` names a version that is no longer current (412).
+    PreconditionFailed,
     /// The body, or the image it holds, is over a configured limit (413).
     TooLarge,
     /// The range asked for lies outside the object, whose size is given (416).
@@ -24,6 +30,12 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// Claims to be an image but cannot be decoded: truncated, corrupt, zero-sized (422).
     Undecodable,
+    /// The transform queue is full (429): worth retrying in a moment.
+    TooManyRequests,
+    /// A URL to fetch an image from answered with an error or not at all (502).
+    BadGateway,
+    /// A URL to fetch an image from took too long (504).
+    GatewayTimeout,
     /// The store did not answer or failed (503): worth retrying later.
     Unavailable,
     /// A bug on our side (500). Never caused by anything a client sends.

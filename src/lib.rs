@@ -26,14 +26,20 @@
 //! - [`engine`]: probing, decoding (with limits and EXIF orientation), the transforms
 //!   (one file each under `engine/ops/`) and encoding. Pure: bytes in, bytes out.
 //! - [`migrate`]: `progimage migrate`, copying one store into another.
+//! - [`fetch`]: upload by URL, with the SSRF rules.
+//! - [`signing`]: signed transform URLs (HMAC-SHA256), for the server and `progimage sign`.
+//! - [`metrics`]: the counters and histograms `GET /metrics` reports.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fetch;
 pub mod http;
+pub mod metrics;
 pub mod migrate;
 pub mod service;
+pub mod signing;
 pub mod store;
 
 pub use config::Settings;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use progimage::config::Overrides;
 use progimage::engine::{Engine, Format, OutputFormat, Presets};
 use progimage::http::{serve, App};
@@ -19,8 +19,17 @@ use progimage::Settings;
     about = "A database-free, content-addressed image store and transformer"
 )]
 struct Cli {
+    /// Log lines as text for people, or one JSON object per line for log shippers.
+    #[arg(long, env = "PROGIMAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +41,8 @@ enum Command {
     /// Copy a store into another (e.g. a directory into a bucket); skips what is there,
     /// so it can be run again to resume.
     Migrate(Migrate),
+    /// Print a transform URL with its signature (for servers with a signing key).
+    Sign(Sign),
 }
 
 /// Settings shared by every command; each flag beats its variable, which beats the file.
@@ -46,6 +57,25 @@ struct Common {
     /// Largest image, in pixels, as its header claims.
     #[arg(long, env = "PROGIMAGE_MAX_INPUT_PIXELS")]
     max_input_pixels: Option<u64>,
+    /// API keys, comma-separated (several allow rotation).
+    #[arg(
+        long,
+        env = "PROGIMAGE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Option<Vec<String>>,
+    /// The key transform URLs are signed with.
+    #[arg(long, env = "PROGIMAGE_SIGNING_KEY", hide_env_values = true)]
+    signing_key: Option<String>,
+}
+
+#[derive(Args)]
+struct Sign {
+    #[command(flatten)]
+    common: Common,
+    /// The path and query to sign, e.g. '/images/<id>/thumbnail/?w=200'.
+    path: String,
 }
 
 #[derive(Args)]
@@ -100,6 +130,8 @@ impl Common {
             Overrides {
                 max_upload_bytes: self.max_upload_bytes,
                 max_input_pixels: self.max_input_pixels,
+                api_keys: self.api_keys.clone(),
+                signing_key: self.signing_key.clone(),
                 ..overrides
             },
         )
@@ -107,16 +139,21 @@ impl Common {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    let result = match cli.command {
         Command::Serve(args) => run_serve(args),
         Command::Transform(args) => run_transform(args),
         Command::Migrate(args) => run_migrate(args),
+        Command::Sign(args) => run_sign(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,7 +187,7 @@ fn run_serve(args: Serve) -> Result<(), String> {
             "progimage is serving"
         );
         let service = Service::new(&settings, store).map_err(|e| e.to_string())?;
-        let app = Arc::new(App::new(&settings, service));
+        let app = Arc::new(App::new(&settings, service).map_err(|e| e.to_string())?);
         serve(listener, app, &settings, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
@@ -178,6 +215,30 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn run_sign(args: Sign) -> Result<(), String> {
+    let settings = args
+        .common
+        .settings(Overrides::default())
+        .map_err(|e| e.to_string())?;
+    if settings.access.signing_key.is_empty() {
+        return Err(
+            "no signing key: set access.signing_key, PROGIMAGE_SIGNING_KEY or --signing-key".into(),
+        );
+    }
+    let signer = progimage::signing::Signer::new(&settings.access.signing_key);
+    let path = if args.path.starts_with('/') {
+        args.path
+    } else {
+        format!("/{}", args.path)
+    };
+    println!(
+        "{}{}",
+        settings.public_url.trim_end_matches('/'),
+        signer.signed_url(&path)
+    );
+    Ok(())
 }
 
 fn run_migrate(args: Migrate) -> Result<(), String> {

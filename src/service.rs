@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream;
@@ -26,7 +27,8 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store};
+use crate::metrics::Metrics;
+use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSidecar};
 
 /// Where a transform response came from, reported to clients in `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,13 @@ impl CacheStatus {
             CacheStatus::Miss => "MISS",
             CacheStatus::Coalesced => "COALESCED",
         }
+    }
+
+    /// The status an `X-Cache` value names.
+    pub fn parse(text: &str) -> Option<Self> {
+        [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Coalesced]
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 }
 
@@ -155,14 +164,70 @@ fn upload_too_large(limit: u64, length: Option<u64>) -> Error {
 
 type Flight = Arc<OnceCell<Result<(Bytes, CacheStatus)>>>;
 
+/// A change to an image's metadata (`PATCH .../meta/`): each field present replaces
+/// the stored one; `Some(None)` clears `name` or `desc`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MetaChange {
+    pub name: Option<Option<String>>,
+    pub desc: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl MetaChange {
+    fn apply(&self, mut sidecar: Sidecar) -> Sidecar {
+        if let Some(name) = &self.name {
+            sidecar.name = name.clone();
+        }
+        if let Some(desc) = &self.desc {
+            sidecar.desc = desc.clone();
+        }
+        if let Some(tags) = &self.tags {
+            sidecar.tags = tags.clone();
+        }
+        sidecar
+    }
+}
+
+/// An `If-Match` precondition on a metadata change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `*`: any current version.
+    Any,
+    /// One of these entity tags, unquoted.
+    OneOf(Vec<String>),
+}
+
+impl IfMatch {
+    fn allows(&self, etag: &str) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::OneOf(tags) => tags.iter().any(|tag| tag == etag),
+        }
+    }
+}
+
+/// A page of a listing and the cursor for the next one.
+pub struct Page {
+    pub images: Vec<(ImageId, Sidecar)>,
+    pub next_cursor: Option<ImageId>,
+}
+
+/// How many images a tag-filtered listing reads at most per request; past it the page
+/// ends early with a cursor, so one request's cost stays bounded on a large store.
+pub const MAX_SCAN: usize = 5000;
+
 /// The service. Cheap to share behind an `Arc`.
 pub struct Service {
     store: Store,
     engine: Engine,
     workers: Arc<Semaphore>,
+    /// Transform jobs waiting for a worker, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     in_flight: Mutex<HashMap<Path, Flight>>,
     lease_ttl: Duration,
     max_upload_bytes: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -173,10 +238,18 @@ impl Service {
             store,
             engine: Engine::new(settings.limits.clone(), presets),
             workers: Arc::new(Semaphore::new(settings.effective_workers())),
+            waiting: AtomicUsize::new(0),
+            max_waiting: settings.limits.max_queued_transforms,
             in_flight: Mutex::new(HashMap::new()),
             lease_ttl: Duration::from_secs(settings.transform_lease_secs),
             max_upload_bytes: settings.limits.max_upload_bytes,
+            metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// The metrics this service and its HTTP face record.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Parses a transform request (a pipeline path and its query) for this service.
@@ -226,6 +299,7 @@ impl Service {
             bytes: Some(upload.bytes.len() as u64),
             name: upload.name,
             desc: upload.desc,
+            tags: Vec::new(),
             created: Some(chrono::Utc::now()),
             other: Default::default(),
         };
@@ -239,41 +313,136 @@ impl Service {
     /// The sidecar of an image; for a blob without one (a bare filebase), what the
     /// blob's header says.
     pub async fn sidecar(&self, id: &ImageId) -> Result<Sidecar> {
-        if let Some(sidecar) = self.store.read_sidecar(id).await? {
-            return Ok(sidecar);
+        match self.store.read_sidecar(id).await? {
+            Some(sidecar) => Ok(sidecar),
+            None => self.sidecar_from_blob(id).await,
         }
+    }
+
+    /// The sidecar and its entity tag (unquoted), for `GET .../meta/`.
+    pub async fn meta(&self, id: &ImageId) -> Result<(Sidecar, String)> {
+        match self.store.read_stored_sidecar(id).await? {
+            Some(stored) => Ok((stored.sidecar, stored.etag)),
+            None => {
+                let sidecar = self.sidecar_from_blob(id).await?;
+                let etag = sidecar.etag();
+                Ok((sidecar, etag))
+            }
+        }
+    }
+
+    /// Applies `change` to the sidecar of `id` if `if_match` allows its current
+    /// version (412 otherwise), and returns the new sidecar and entity tag. The write
+    /// is a compare-and-swap on the version read, so concurrent changes are never
+    /// lost: without `If-Match` a change that lost the race is applied again to the
+    /// newer version; with it, the newer version no longer matches.
+    pub async fn update_meta(
+        &self,
+        id: &ImageId,
+        change: &MetaChange,
+        if_match: Option<&IfMatch>,
+    ) -> Result<(Sidecar, String)> {
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            let stored = self.store.read_stored_sidecar(id).await?;
+            let (current, etag) = match &stored {
+                Some(StoredSidecar { sidecar, etag, .. }) => (sidecar.clone(), etag.clone()),
+                None => {
+                    let sidecar = self.sidecar_from_blob(id).await?;
+                    let etag = sidecar.etag();
+                    (sidecar, etag)
+                }
+            };
+            if if_match.is_some_and(|expected| !expected.allows(&etag)) {
+                return Err(Error::new(
+                    ErrorKind::PreconditionFailed,
+                    "precondition_failed",
+                    format!("the metadata of {id} has changed: its ETag is now \"{etag}\""),
+                ));
+            }
+            let updated = change.apply(current);
+            if self
+                .store
+                .replace_sidecar(id, stored.as_ref(), &updated)
+                .await?
+            {
+                let etag = updated.etag();
+                return Ok((updated, etag));
+            }
+        }
+        Err(Error::unavailable(format!(
+            "the metadata of {id} changed {ATTEMPTS} times while this change was applied"
+        )))
+    }
+
+    /// What a blob without a sidecar is described by: its header, probed on the
+    /// blocking pool. 404 when there is no blob either.
+    async fn sidecar_from_blob(&self, id: &ImageId) -> Result<Sidecar> {
         let bytes = self.read_blob(id).await?;
-        let probe = self.engine.probe(&bytes)?;
+        let engine = self.engine.clone();
+        let size = bytes.len() as u64;
+        let probe = run_blocking(move || engine.probe(&bytes)).await?;
         Ok(Sidecar {
             file_name: format!("{id}.{}", probe.format),
             content_type: Some(probe.format.content_type().to_string()),
             format: Some(probe.format.name().to_string()),
             width: Some(probe.width),
             height: Some(probe.height),
-            bytes: Some(bytes.len() as u64),
+            bytes: Some(size),
             ..Sidecar::default()
         })
     }
 
-    /// A page of stored images after `cursor`, each with its sidecar, and whether more
-    /// follow. Sidecars are read 8 at a time.
+    /// A page of stored images after `cursor`, each with its sidecar; with `tag`,
+    /// only those tagged so. Sidecars are read 8 at a time. A tag filter scans: it
+    /// reads every sidecar after the cursor until the page is full, at most
+    /// [`MAX_SCAN`] per request.
     pub async fn list(
         &self,
         cursor: Option<&ImageId>,
         limit: usize,
-    ) -> Result<(Vec<(ImageId, Sidecar)>, bool)> {
-        let mut ids = self.store.ids_after(cursor, limit + 1).await?;
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        let page = stream::iter(ids)
-            .map(|id| async move {
-                let sidecar = self.sidecar(&id).await?;
-                Ok::<_, Error>((id, sidecar))
-            })
-            .buffered(8)
-            .try_collect()
-            .await?;
-        Ok((page, more))
+        tag: Option<&str>,
+    ) -> Result<Page> {
+        let batch = if tag.is_some() { limit.max(100) } else { limit } + 1;
+        let mut images = Vec::new();
+        let mut after = cursor.cloned();
+        let mut scanned = 0;
+        loop {
+            let ids = self.store.ids_after(after.as_ref(), batch).await?;
+            let exhausted = ids.len() < batch;
+            let sidecars: Vec<(ImageId, Sidecar)> = stream::iter(ids)
+                .map(|id| async move {
+                    let sidecar = self.sidecar(&id).await?;
+                    Ok::<_, Error>((id, sidecar))
+                })
+                .buffered(8)
+                .try_collect()
+                .await?;
+            for (id, sidecar) in sidecars {
+                scanned += 1;
+                let wanted = tag.is_none_or(|tag| sidecar.tags.iter().any(|t| t == tag));
+                if wanted && images.len() == limit {
+                    // The page is full and another image follows it.
+                    return Ok(page(images));
+                }
+                after = Some(id.clone());
+                if wanted {
+                    images.push((id, sidecar));
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    images,
+                    next_cursor: None,
+                });
+            }
+            if scanned >= MAX_SCAN {
+                return Ok(Page {
+                    images,
+                    next_cursor: after,
+                });
+            }
+        }
     }
 
     /// Deletes an image: its cached transforms, then its sidecar, then its blob, so an
@@ -355,8 +524,20 @@ impl Service {
 
     /// Runs a transform on bytes that are not stored, and stores nothing.
     pub async fn on_demand(&self, bytes: Bytes, spec: TransformSpec) -> Result<Rendered> {
+        self.render(bytes, Arc::new(spec)).await
+    }
+
+    /// Decodes, transforms and encodes on a worker, timing it for the metrics.
+    async fn render(&self, source: Bytes, spec: Arc<TransformSpec>) -> Result<Rendered> {
         let engine = self.engine.clone();
-        self.run_worker(move || engine.render(&bytes, &spec)).await
+        let metrics = Arc::clone(&self.metrics);
+        self.run_worker(move || {
+            let started = Instant::now();
+            let rendered = engine.render(&source, &spec);
+            metrics.transform(spec.label(), started.elapsed());
+            rendered
+        })
+        .await
     }
 
     /// Coalesces concurrent computations of one derived object into one.
@@ -457,11 +638,7 @@ impl Service {
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
         let source = self.read_blob(id).await?;
-        let engine = self.engine.clone();
-        let spec = Arc::clone(spec);
-        let rendered = self
-            .run_worker(move || engine.render(&source, &spec))
-            .await?;
+        let rendered = self.render(source, Arc::clone(spec)).await?;
         let bytes = Bytes::from(rendered.bytes);
         match self.store.put_if_absent(path, bytes.clone()).await? {
             Put::Created => Ok((bytes, CacheStatus::Miss)),
@@ -485,17 +662,29 @@ impl Service {
             })
     }
 
-    /// Runs CPU-bound work on the blocking pool, at most `transform_workers` at once.
+    /// Runs CPU-bound work on the blocking pool, at most `transform_workers` at once
+    /// and at most `max_queued_transforms` waiting; beyond that, 429.
     async fn run_worker<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let permit = self
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("the worker pool is closed"))?;
+        let permit = match Arc::clone(&self.workers).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = Waiting::enter(&self.waiting);
+                if self.waiting.load(Ordering::SeqCst) > self.max_waiting {
+                    return Err(Error::new(
+                        ErrorKind::TooManyRequests,
+                        "too_many_requests",
+                        "the transform queue is full; retry in a moment",
+                    ));
+                }
+                Arc::clone(&self.workers)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::internal("the worker pool is closed"))?
+            }
+        };
         run_blocking(move || {
             let _permit = permit;
             work()
@@ -540,6 +729,30 @@ impl Service {
                 "stored image {id} is not in a format the engine reads"
             ))
         })
+    }
+}
+
+/// Counts a job among the waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn page(images: Vec<(ImageId, Sidecar)>) -> Page {
+    let next_cursor = images.last().map(|(id, _)| id.clone());
+    Page {
+        images,
+        next_cursor,
     }
 }
 

@@ -100,6 +100,17 @@ impl TransformSpec {
         Self::parse("convert", &query, &Presets::default(), None)
     }
 
+    /// The step names without parameters, e.g. `crop/resize`: a label for metrics
+    /// whose values stay few however many parameter combinations are asked for.
+    pub fn label(&self) -> String {
+        self.pipeline
+            .steps()
+            .iter()
+            .map(|step| step.key().split('(').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// Whether the result depends on the request's `Accept` header (`format=auto`).
     pub fn varies_with_accept(&self) -> bool {
         self.output.varies_with_accept()

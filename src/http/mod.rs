@@ -2,9 +2,12 @@
 //!
 //! [`serve`] accepts connections (HTTP/1.1 and HTTP/2) until its shutdown signal,
 //! then lets in-flight requests finish. [`App::handle`] turns one request into one
-//! response: route, parse, call the [`Service`], render. Every failure becomes a JSON
+//! response: route, check access, parse, call the [`Service`], render; then count it
+//! in the metrics and log one line with its request id. Every failure becomes a JSON
 //! error; a panic in a handler becomes a 500 instead of a dropped connection.
 
+mod access;
+mod meta;
 mod response;
 mod routes;
 mod upload;
@@ -15,9 +18,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, TryStreamExt};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT, HOST, LOCATION, VARY};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
+    RETRY_AFTER, VARY,
+};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,15 +33,25 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::engine::TransformSpec;
 use crate::error::{Error, Result};
+use crate::fetch::Fetcher;
 use crate::service::Service;
+use crate::signing::SIGNATURE_PARAM;
 use crate::store::{ImageId, Sidecar};
 
+use access::Access;
 pub use response::Body;
 use routes::Route;
+
+/// The web page at `GET /`: plain HTML, CSS and JavaScript, no build step.
+const PAGE: &str = include_str!("ui/index.html");
+
+/// The OpenAPI description at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// How long `/readyz` waits for the store before calling it unavailable.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,49 +59,115 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The request handler: the service plus what HTTP needs of the settings.
 pub struct App {
     service: Service,
+    access: Access,
+    fetcher: Fetcher,
     public_url: String,
 }
 
+/// The header that carries a request's id, in and out.
+const REQUEST_ID: &str = "x-request-id";
+
 impl App {
-    pub fn new(settings: &Settings, service: Service) -> Self {
-        Self {
+    /// Fails on invalid access or fetch settings.
+    pub fn new(settings: &Settings, service: Service) -> Result<Self> {
+        Ok(Self {
             service,
+            access: Access::new(&settings.access)?,
+            fetcher: Fetcher::new(&settings.fetch)?,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
-        }
+        })
     }
 
     /// Answers one request. Never fails: errors are rendered as JSON.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let metrics = self.service.metrics();
+        let _in_flight = metrics.in_flight();
+        let request_id = request_id(request.headers());
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let outcome = AssertUnwindSafe(self.route(request)).catch_unwind().await;
-        let response = match outcome {
+        let span = tracing::info_span!("request", id = %request_id);
+        let route = Route::resolve(&method, &path);
+        let route_name = route.as_ref().map_or("unrouted", Route::name);
+        let outcome = match route {
+            Ok(route) => {
+                AssertUnwindSafe(self.route(route, request))
+                    .catch_unwind()
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(err) => Ok(Err(err)),
+        };
+        let mut response = match outcome {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => response::error(&err),
+            Ok(Err(err)) => {
+                metrics.rejected(err.code);
+                response::error(&err)
+            }
             Err(_) => {
-                tracing::error!(%method, %path, "handler panicked");
+                span.in_scope(|| tracing::error!(%method, %path, "handler panicked"));
+                metrics.rejected("internal_error");
                 response::error(&Error::internal("the server failed on this request"))
             }
         };
-        tracing::info!(
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+        if self.access.is_private() {
+            make_private(&mut response);
+        }
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert(REQUEST_ID, value);
+        }
+        let status = response.status().as_u16();
+        let bytes = if method == Method::HEAD {
+            0
+        } else {
+            header_number(response.headers(), CONTENT_LENGTH.as_str())
+        };
+        let cache = response
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::service::CacheStatus::parse);
+        let elapsed = started.elapsed();
+        metrics.request(route_name, method_label(&method), status, elapsed);
+        metrics.sent(bytes);
+        if let Some(cache) = cache {
+            metrics.cache(cache.as_str());
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                method = %method,
+                route = route_name,
+                path = %path,
+                status,
+                ms = elapsed.as_secs_f64() * 1000.0,
+                bytes,
+                cache = cache.map_or("-", |c| c.as_str()),
+                "request"
+            )
+        });
         response
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Response<Body>> {
+    async fn route(&self, route: Route, request: Request<Incoming>) -> Result<Response<Body>> {
         let (parts, body) = request.into_parts();
+        let caller = self.access.authorize(&parts.headers, route.need())?;
+        let metrics = Arc::clone(self.service.metrics());
+        let chunks = body
+            .into_data_stream()
+            .inspect_ok(move |chunk| metrics.received(chunk.len() as u64));
         let head_only = parts.method == Method::HEAD;
         let range = response::requested_range(&parts.headers);
-        match Route::resolve(&parts.method, parts.uri.path())? {
+        match route {
+            Route::Page => Ok(response::page(PAGE)),
+            Route::OpenApi => Ok(response::static_json(OPENAPI)),
+            Route::Metrics => Ok(response::text(
+                crate::metrics::CONTENT_TYPE,
+                self.service.metrics().render(),
+            )),
             Route::Upload => {
-                let upload = upload::read_upload(&self.service, &parts, body).await?;
+                let upload =
+                    upload::read_upload(&self.service, &self.fetcher, &parts, chunks).await?;
                 let id = upload.id.clone();
                 let (sidecar, created) = self.service.upload(upload).await?;
                 let status = if created {
@@ -101,17 +184,20 @@ impl App {
                 Ok(response)
             }
             Route::List => {
-                let (cursor, limit) = page_query(&query_pairs(&parts))?;
-                let (page, more) = self.service.list(cursor.as_ref(), limit).await?;
+                let query = page_query(&query_pairs(&parts))?;
+                let page = self
+                    .service
+                    .list(query.cursor.as_ref(), query.limit, query.tag.as_deref())
+                    .await?;
                 let base = self.base_url(&parts);
                 let images: Vec<_> = page
+                    .images
                     .iter()
                     .map(|(id, sidecar)| ListedImage::new(id, &base, sidecar))
                     .collect();
-                let next_cursor = more.then(|| page.last().map(|(id, _)| id.as_str()));
                 Ok(response::json(
                     StatusCode::OK,
-                    &serde_json::json!({"images": images, "next_cursor": next_cursor.flatten()}),
+                    &serde_json::json!({"images": images, "next_cursor": page.next_cursor.as_ref().map(ImageId::as_str)}),
                 ))
             }
             Route::Delete(id) => {
@@ -122,16 +208,44 @@ impl App {
                 let fetched = self.service.original(&id, range).await?;
                 Ok(response::object(&parts.headers, head_only, fetched))
             }
-            Route::Meta(id) => Ok(response::json(
-                StatusCode::OK,
-                &self.service.sidecar(&id).await?,
-            )),
+            Route::Meta(id) => {
+                let (sidecar, etag) = self.service.meta(&id).await?;
+                Ok(response::meta(&parts.headers, &sidecar, &etag))
+            }
+            Route::UpdateMeta(id) => {
+                let content_type = parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !meta::CONTENT_TYPES.contains(&upload::essence(content_type).as_str()) {
+                    return Err(Error::unsupported(format!(
+                        "send the change as application/json, not '{content_type}'"
+                    )));
+                }
+                let body = upload::read_json(&parts, chunks).await?;
+                let change = meta::parse_change(body)?;
+                let if_match = meta::if_match(&parts.headers);
+                let (sidecar, etag) = self
+                    .service
+                    .update_meta(&id, &change, if_match.as_ref())
+                    .await?;
+                Ok(response::meta(&HeaderMap::new(), &sidecar, &etag))
+            }
             Route::Converted(id, format) => {
+                self.access
+                    .verify_signature(caller, parts.uri.path(), "", &query_pairs(&parts))?;
                 let spec = Arc::new(TransformSpec::convert_to(format)?);
                 let fetched = self.service.transform(&id, &spec, range).await?;
                 Ok(response::object(&parts.headers, head_only, fetched))
             }
             Route::Transform(id, pipeline) => {
+                self.access.verify_signature(
+                    caller,
+                    parts.uri.path(),
+                    &pipeline,
+                    &query_pairs(&parts),
+                )?;
                 let spec = Arc::new(self.spec(&pipeline, &parts)?);
                 let fetched = self.service.transform(&id, &spec, range).await?;
                 Ok(vary(
@@ -142,7 +256,7 @@ impl App {
             Route::OnDemand(pipeline) => {
                 // Validate the transform before reading a possibly large body.
                 let spec = self.spec(&pipeline, &parts)?;
-                let bytes = upload::read_upload(&self.service, &parts, body)
+                let bytes = upload::read_upload(&self.service, &self.fetcher, &parts, chunks)
                     .await?
                     .bytes;
                 let varies = spec.varies_with_accept();
@@ -161,13 +275,19 @@ impl App {
             )),
             Route::Ready => Ok(match self.service.ready(READY_TIMEOUT).await {
                 Ok(()) => response::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-                Err(err) => response::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({
-                        "status": "unavailable",
-                        "error": {"code": err.code, "message": err.message},
-                    }),
-                ),
+                Err(err) => {
+                    let mut response = response::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({
+                            "status": "unavailable",
+                            "error": {"code": err.code, "message": err.message},
+                        }),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    response
+                }
             }),
         }
     }
@@ -197,11 +317,73 @@ impl App {
 }
 
 impl App {
+    /// The transform a request asks for; its signature, if any, is not a parameter.
     fn spec(&self, pipeline: &str, parts: &Parts) -> Result<TransformSpec> {
         let accept = parts.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-        self.service
-            .transform_spec(pipeline, &query_pairs(parts), accept)
+        let mut query = query_pairs(parts);
+        query.retain(|(key, _)| key != SIGNATURE_PARAM);
+        self.service.transform_spec(pipeline, &query, accept)
     }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(id) = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| (1..=128).contains(&id.len()))
+        .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return id.to_string();
+    }
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    // A per-process random key hashing a counter: unique and unguessable enough for
+    // correlating logs, without a random-number dependency.
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = KEY.get_or_init(Default::default).build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", hasher.finish())
+}
+
+/// Methods as metrics labels: the standard ones, and `other` for the rest, so that
+/// made-up methods cannot grow the series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// On a private server, shared caches must not keep what needed a key to read.
+fn make_private(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    if let Some(private) = headers
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("public"))
+        .map(|rest| format!("private{rest}"))
+    {
+        if let Ok(value) = HeaderValue::from_str(&private) {
+            headers.insert(CACHE_CONTROL, value);
+        }
+    }
+}
+
+fn header_number(headers: &HeaderMap, name: &str) -> u64 {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Marks a response whose format was chosen from the `Accept` header.
@@ -238,13 +420,24 @@ fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 
-/// `cursor` (the last id of the previous page) and `limit` from a listing's query.
-fn page_query(query: &[(String, String)]) -> Result<(Option<ImageId>, usize)> {
+/// What a listing asks for.
+struct PageQuery {
+    /// The last id of the previous page.
+    cursor: Option<ImageId>,
+    limit: usize,
+    /// Only images carrying this tag.
+    tag: Option<String>,
+}
+
+/// `cursor`, `limit` and `tag` from a listing's query.
+fn page_query(query: &[(String, String)]) -> Result<PageQuery> {
     let mut cursor = None;
     let mut limit = DEFAULT_PAGE;
+    let mut tag = None;
     for (key, value) in query {
         match key.as_str() {
             "cursor" => cursor = Some(ImageId::parse(value)?),
+            "tag" => tag = Some(value.clone()),
             "limit" => {
                 limit = value
                     .parse()
@@ -262,12 +455,12 @@ fn page_query(query: &[(String, String)]) -> Result<(Option<ImageId>, usize)> {
             _ => {
                 return Err(Error::bad_request(
                     "unknown_parameter",
-                    format!("GET /images/ takes limit and cursor, not '{key}'"),
+                    format!("GET /images/ takes limit, cursor and tag, not '{key}'"),
                 ))
             }
         }
     }
-    Ok((cursor, limit))
+    Ok(PageQuery { cursor, limit, tag })
 }
 
 /// One image in a listing.
@@ -281,6 +474,7 @@ struct ListedImage<'a> {
     height: Option<u32>,
     file_name: &'a str,
     name: Option<&'a str>,
+    tags: &'a [String],
     created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -295,6 +489,7 @@ impl<'a> ListedImage<'a> {
             height: sidecar.height,
             file_name: &sidecar.file_name,
             name: sidecar.name.as_deref(),
+            tags: &sidecar.tags,
             created: sidecar.created,
         }
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 use crate::service::{ByteRange, Fetched};
+use crate::store::Sidecar;
 
 /// Errors a response body can fail with while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,10 +53,69 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     response
 }
 
+/// A static JSON document (the OpenAPI description).
+pub fn static_json(text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Text of the given media type, never cached (metrics).
+pub fn text(content_type: &'static str, text: String) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The web page.
+pub fn page(html: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(html));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+/// An image's metadata with its entity tag; 304 when `If-None-Match` names it.
+/// Metadata can change, so caches must revalidate it.
+pub fn meta(request: &HeaderMap, sidecar: &Sidecar, etag: &str) -> Response<Body> {
+    let etag = format!("\"{etag}\"");
+    let mut response = if none_match(request, &etag) {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        json(StatusCode::OK, sidecar)
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, header_value(etag));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 /// `{"error": {"code": ..., "message": ...}}` with the status of the error's kind.
 pub fn error(err: &Error) -> Response<Body> {
     let status = match err.kind {
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
+        ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,8 +144,11 @@ pub fn error(err: &Error) -> Response<Body> {
                 header_value(format!("bytes */{size}")),
             );
         }
-        ErrorKind::Unavailable => {
+        ErrorKind::Unavailable | ErrorKind::TooManyRequests => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        ErrorKind::Unauthorized => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         _ => {}
     }

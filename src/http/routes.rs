@@ -1,17 +1,21 @@
 //! Routing: a method and a path to a [`Route`], or a 404/405.
 //!
 //! ```text
-//! POST        /  and  /images/                upload (multipart or raw image body)
+//! GET, HEAD   /                               the web page (upload, gallery, transforms)
+//! POST        /  and  /images/                upload (multipart, raw image body, or JSON url)
 //! GET, HEAD   /images/?limit=&cursor=         a page of stored images, in id order
 //! GET, HEAD   /images/<id>/                   the original bytes
 //! DELETE      /images/<id>/                   the image, its sidecar and its transforms
-//! GET, HEAD   /images/<id>.<jpg|png|webp|gif> the original converted (a cached transform)
-//! GET, HEAD   /images/<id>/meta/              the JSON sidecar
+//! GET, HEAD   /images/<id>.<ext>              the original converted (a cached transform)
+//! GET, HEAD   /images/<id>/meta/              the JSON sidecar, with an ETag
+//! PATCH       /images/<id>/meta/              change name, desc, tags (If-Match honoured)
 //! GET, HEAD   /images/<id>/<pipeline>/        a transform or pipeline (see engine::pipeline)
 //! POST        /on_demand/<pipeline>/          a transform of the body; nothing stored
 //! GET, HEAD   /transforms/                    every transform, its parameters, formats, presets
 //! GET, HEAD   /healthz                        200 while the process runs
 //! GET, HEAD   /readyz                         200 when the store answers, else 503
+//! GET, HEAD   /metrics                        Prometheus (OpenMetrics) text
+//! GET, HEAD   /openapi.json                   the OpenAPI 3.1 description of all this
 //! ```
 //!
 //! Trailing slashes are optional. Path parameters are validated here (the id must be a
@@ -19,6 +23,7 @@
 
 use hyper::Method;
 
+use super::access::Need;
 use crate::engine::Format;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::ImageId;
@@ -26,18 +31,22 @@ use crate::store::ImageId;
 /// A request's destination, with its path parameters parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
+    Page,
     Upload,
     List,
     Original(ImageId),
     Delete(ImageId),
     Converted(ImageId, Format),
     Meta(ImageId),
+    UpdateMeta(ImageId),
     /// An image and the pipeline part of the path (`thumbnail`, `crop(aspect=1:1)/grayscale`).
     Transform(ImageId, String),
     OnDemand(String),
     Transforms,
     Health,
     Ready,
+    Metrics,
+    OpenApi,
 }
 
 /// The methods each kind of resource allows, as the `Allow` header lists them.
@@ -45,6 +54,7 @@ const READ: &str = "GET, HEAD";
 const WRITE: &str = "POST";
 const COLLECTION: &str = "GET, HEAD, POST";
 const IMAGE: &str = "GET, HEAD, DELETE";
+const META: &str = "GET, HEAD, PATCH";
 
 impl Route {
     /// Resolves `method` and `path`. A known path with the wrong method is a 405 whose
@@ -53,7 +63,8 @@ impl Route {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let reads = method == Method::GET || method == Method::HEAD;
         let (route, allow) = match segments.as_slice() {
-            [""] => (Route::Upload, WRITE),
+            [""] if reads => (Route::Page, COLLECTION),
+            [""] => (Route::Upload, COLLECTION),
             ["images"] if reads => (Route::List, COLLECTION),
             ["images"] => (Route::Upload, COLLECTION),
             ["images", image] if image.contains('.') => (Self::image(image)?, READ),
@@ -61,7 +72,10 @@ impl Route {
                 (Route::Delete(ImageId::parse(id)?), IMAGE)
             }
             ["images", image] => (Self::image(image)?, IMAGE),
-            ["images", id, "meta"] => (Route::Meta(ImageId::parse(id)?), READ),
+            ["images", id, "meta"] if method == Method::PATCH => {
+                (Route::UpdateMeta(ImageId::parse(id)?), META)
+            }
+            ["images", id, "meta"] => (Route::Meta(ImageId::parse(id)?), META),
             ["images", id, pipeline @ ..] => (
                 Route::Transform(ImageId::parse(id)?, pipeline.join("/")),
                 READ,
@@ -72,6 +86,8 @@ impl Route {
             ["transforms"] => (Route::Transforms, READ),
             ["healthz"] => (Route::Health, READ),
             ["readyz"] => (Route::Ready, READ),
+            ["metrics"] => (Route::Metrics, READ),
+            ["openapi.json"] => (Route::OpenApi, READ),
             _ => {
                 return Err(Error::not_found(
                     "route_not_found",
@@ -90,6 +106,47 @@ impl Route {
         }
     }
 
+    /// A short name for logs and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Page => "page",
+            Route::Upload => "upload",
+            Route::List => "list",
+            Route::Original(_) => "original",
+            Route::Delete(_) => "delete",
+            Route::Converted(..) => "converted",
+            Route::Meta(_) => "meta",
+            Route::UpdateMeta(_) => "update_meta",
+            Route::Transform(..) => "transform",
+            Route::OnDemand(_) => "on_demand",
+            Route::Transforms => "transforms",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
+        }
+    }
+
+    /// What the caller must prove (see [`Need`]).
+    pub fn need(&self) -> Need {
+        match self {
+            Route::Upload | Route::Delete(_) | Route::UpdateMeta(_) | Route::OnDemand(_) => {
+                Need::Write
+            }
+            Route::List
+            | Route::Original(_)
+            | Route::Converted(..)
+            | Route::Meta(_)
+            | Route::Transform(..) => Need::Read,
+            Route::Page
+            | Route::Transforms
+            | Route::Health
+            | Route::Ready
+            | Route::Metrics
+            | Route::OpenApi => Need::Nothing,
+        }
+    }
+
     /// `<id>` or `<id>.<ext>`.
     fn image(segment: &str) -> Result<Self> {
         match segment.split_once('.') {
@@ -98,7 +155,7 @@ impl Route {
                 let format = Format::from_name(extension).filter(|f| f.is_writable()).ok_or_else(|| {
                     Error::not_found(
                         "route_not_found",
-                        format!("images can be converted to .jpg, .png, .webp or .gif, not .{extension}"),
+                        format!("images can be converted to .jpg, .png, .webp, .gif, .avif, .bmp or .tiff, not .{extension}"),
                     )
                 })?;
                 Ok(Route::Converted(ImageId::parse(id)?, format))
@@ -154,6 +211,13 @@ mod tests {
             )
         );
         assert_eq!(get("/transforms/").unwrap(), Route::Transforms);
+        assert_eq!(get("/").unwrap(), Route::Page);
+        assert_eq!(get("/metrics").unwrap(), Route::Metrics);
+        assert_eq!(get("/openapi.json").unwrap(), Route::OpenApi);
+        assert_eq!(
+            Route::resolve(&Method::PATCH, &format!("/images/{ID}/meta/")).unwrap(),
+            Route::UpdateMeta(ImageId::parse(ID).unwrap())
+        );
         assert_eq!(get("/images/").unwrap(), Route::List);
         assert_eq!(
             Route::resolve(&Method::DELETE, &format!("/images/{ID}/")).unwrap(),
@@ -171,7 +235,9 @@ mod tests {
         let err = Route::resolve(&Method::DELETE, "/images/").unwrap_err();
         assert_eq!(err.message, "GET, HEAD, POST");
         let err = Route::resolve(&Method::DELETE, &format!("/images/{ID}/meta/")).unwrap_err();
-        assert_eq!(err.message, "GET, HEAD");
+        assert_eq!(err.message, "GET, HEAD, PATCH");
+        let err = Route::resolve(&Method::PUT, "/").unwrap_err();
+        assert_eq!(err.message, "GET, HEAD, POST");
         assert_eq!(
             Route::resolve(&Method::GET, "/nope/a/b/c")
                 .unwrap_err()

@@ -1,6 +1,7 @@
 //! Reading an image out of a request body: `multipart/form-data` with the file in a
-//! field named `image` (optional text fields `name` and `desc`), or a raw body whose
-//! `Content-Type` is `image/*` or `application/octet-stream`.
+//! field named `image` (optional text fields `name` and `desc`), a raw body whose
+//! `Content-Type` is `image/*` or `application/octet-stream`, or JSON naming a URL to
+//! fetch it from (`{"url": "https://...", "name": ..., "desc": ...}`).
 //!
 //! Bytes are pushed into an [`IncomingImage`] chunk by chunk as they arrive, so they
 //! are hashed while streaming and held only once, and reading stops at the first byte
@@ -9,13 +10,31 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::fetch::Fetcher;
 use crate::service::{IncomingImage, Service, Upload};
+
+/// A request body as it streams in.
+pub trait Chunks: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static {}
+
+impl<S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static> Chunks for S {}
+
+/// Largest JSON body accepted (metadata changes, upload by URL).
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// The JSON form of an upload: where to fetch the image, and its optional fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UrlUpload {
+    url: String,
+    name: Option<String>,
+    desc: Option<String>,
+}
 
 /// The form field that carries the file.
 pub const IMAGE_FIELD: &str = "image";
@@ -23,8 +42,14 @@ pub const IMAGE_FIELD: &str = "image";
 /// Longest accepted `name` or `desc` text field, in bytes.
 const MAX_TEXT_FIELD: u64 = 4096;
 
-/// Reads an upload from a request, enforcing the service's size limit.
-pub async fn read_upload(service: &Service, parts: &Parts, body: Incoming) -> Result<Upload> {
+/// Reads an upload from a request, enforcing the service's size limit. A JSON body
+/// names a URL, which `fetcher` fetches.
+pub async fn read_upload(
+    service: &Service,
+    fetcher: &Fetcher,
+    parts: &Parts,
+    chunks: impl Chunks,
+) -> Result<Upload> {
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -36,14 +61,22 @@ pub async fn read_upload(service: &Service, parts: &Parts, body: Incoming) -> Re
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let chunks = body.into_data_stream();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "multipart/form-data" {
+    let essence = essence(content_type);
+    if essence == "application/json" {
+        let request: UrlUpload = read_json(parts, chunks).await?;
+        for text in [&request.name, &request.desc].into_iter().flatten() {
+            check_text_length(text)?;
+        }
+        let fetched = fetcher.fetch(&request.url, incoming).await?;
+        let (id, bytes) = fetched.image.finish();
+        Ok(Upload {
+            id,
+            bytes,
+            file_name: fetched.file_name,
+            name: request.name,
+            desc: request.desc,
+        })
+    } else if essence == "multipart/form-data" {
         let boundary = multer::parse_boundary(content_type).map_err(|err| {
             Error::bad_request("invalid_form", format!("bad multipart Content-Type: {err}"))
         })?;
@@ -65,9 +98,68 @@ pub async fn read_upload(service: &Service, parts: &Parts, body: Incoming) -> Re
     } else {
         Err(Error::unsupported(format!(
             "send multipart/form-data with the file in a field named '{IMAGE_FIELD}', \
-             or the raw image with an image/* Content-Type (got '{content_type}')"
+             the raw image with an image/* Content-Type, or JSON {{\"url\": ...}} \
+             (got '{content_type}')"
         )))
     }
+}
+
+/// The media type of a `Content-Type` value, lowercase, without parameters.
+pub fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Reads a JSON body of at most 64 KiB into `T`: 413 beyond, 400 when it does not
+/// parse or has the wrong fields.
+pub async fn read_json<T: DeserializeOwned>(parts: &Parts, mut chunks: impl Chunks) -> Result<T> {
+    let too_large = || {
+        Error::too_large(
+            "max_json_bytes",
+            format!("a JSON body may hold at most {MAX_JSON_BODY} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_JSON_BODY) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(interrupted)?;
+        if body.len() + chunk.len() > MAX_JSON_BODY {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|err| {
+        Error::bad_request("invalid_json", format!("the JSON body is not valid: {err}"))
+    })
+}
+
+fn interrupted(err: impl std::fmt::Display) -> Error {
+    Error::bad_request(
+        "body_interrupted",
+        format!("reading the body failed: {err}"),
+    )
+}
+
+/// `name` and `desc` are short texts.
+pub fn check_text_length(text: &str) -> Result<()> {
+    if text.len() as u64 > MAX_TEXT_FIELD {
+        return Err(Error::bad_request(
+            "invalid_field",
+            format!("name and desc may hold at most {MAX_TEXT_FIELD} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 async fn read_raw<E: std::fmt::Display>(
@@ -75,13 +167,7 @@ async fn read_raw<E: std::fmt::Display>(
     mut chunks: impl Stream<Item = Result<Bytes, E>> + Unpin,
 ) -> Result<IncomingImage> {
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|err| {
-            Error::bad_request(
-                "body_interrupted",
-                format!("reading the body failed: {err}"),
-            )
-        })?;
-        incoming.push(&chunk)?;
+        incoming.push(&chunk.map_err(interrupted)?)?;
     }
     if incoming.is_empty() {
         return Err(Error::bad_request(

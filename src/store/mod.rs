@@ -40,7 +40,7 @@ use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
 pub use lease::{Lease, LEASES};
-pub use sidecar::Sidecar;
+pub use sidecar::{Sidecar, StoredSidecar};
 
 /// The id of an image: the lowercase hex SHA-1 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -293,20 +293,6 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(err) => Err(err.into()),
         }
-    }
-
-    /// The sidecar of `id`, or `None` if there is none.
-    pub async fn read_sidecar(&self, id: &ImageId) -> Result<Option<Sidecar>> {
-        let Some(bytes) = self.read(&Self::sidecar_path(id)).await? else {
-            return Ok(None);
-        };
-        Sidecar::from_json(&bytes).map(Some)
-    }
-
-    /// Writes the sidecar of `id` unless one is there already.
-    pub async fn write_sidecar(&self, id: &ImageId, sidecar: &Sidecar) -> Result<Put> {
-        self.put_if_absent(&Self::sidecar_path(id), sidecar.to_json())
-            .await
     }
 }
 

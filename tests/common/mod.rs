@@ -117,7 +117,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let store_url = settings.store.clone();
         let service = Service::new(&settings, store.clone()).unwrap();
-        let app = Arc::new(App::new(&settings, service));
+        let app = Arc::new(App::new(&settings, service).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             serve(listener, app, &settings, async {

@@ -55,6 +55,18 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// The remote redirected more often than `fetch.max_redirects` allows.
+#[derive(Debug)]
+struct TooManyRedirects(usize);
+
+impl std::fmt::Display for TooManyRedirects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {} times", self.0)
+    }
+}
+
+impl std::error::Error for TooManyRedirects {}
+
 impl Fetcher {
     /// Fails when an allowed network is not valid CIDR.
     pub fn new(settings: &config::Fetch) -> Result<Self> {
@@ -79,7 +91,7 @@ impl Fetcher {
         let redirect_guard = Arc::clone(&guard);
         let policy = redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {
-                return attempt.error(Refused(format!("more than {max_redirects} redirects")));
+                return attempt.error(TooManyRedirects(max_redirects));
             }
             match redirect_guard.check_url(attempt.url()) {
                 Ok(()) => attempt.follow(),
@@ -201,12 +213,20 @@ fn not_allowed(refused: Refused) -> Error {
     Error::bad_request("url_not_allowed", refused.0)
 }
 
-/// Maps a client error to 400 (refused by policy), 504 (timeout) or 502.
+/// Maps a client error to 400 (refused by policy), 504 (timeout) or 502 (the remote
+/// failed, or redirected too often).
 fn fetch_error(url: &str, err: &reqwest::Error) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cause) = source {
         if let Some(refused) = cause.downcast_ref::<Refused>() {
             return Error::bad_request("url_not_allowed", refused.0.clone());
+        }
+        if let Some(redirects) = cause.downcast_ref::<TooManyRedirects>() {
+            return Error::new(
+                ErrorKind::BadGateway,
+                "fetch_failed",
+                format!("{url} redirected {redirects}"),
+            );
         }
         source = cause.source();
     }

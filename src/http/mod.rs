@@ -118,10 +118,13 @@ impl App {
             headers.insert(REQUEST_ID, value);
         }
         let status = response.status().as_u16();
+        // In-memory bodies know their size; streamed ones declared it in Content-Length.
         let bytes = if method == Method::HEAD {
             0
         } else {
-            header_number(response.headers(), CONTENT_LENGTH.as_str())
+            hyper::body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or_else(|| header_number(response.headers(), CONTENT_LENGTH.as_str()))
         };
         let cache = response
             .headers()

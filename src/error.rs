@@ -32,10 +32,9 @@ pub enum ErrorKind {
     Undecodable,
     /// The transform queue is full (429): worth retrying in a moment.
     TooManyRequests,
-    /// A URL to fetch an image from answered with an error or not at all (502).
-    BadGateway,
-    /// A URL to fetch an image from took too long (504).
-    GatewayTimeout,
+    /// A URL to fetch an image from failed, took too long or redirected too often
+    /// (422). The URL is the client's, so this is not a 5xx that pages an operator.
+    Unfetchable,
     /// The store did not answer or failed (503): worth retrying later.
     Unavailable,
     /// A bug on our side (500). Never caused by anything a client sends.

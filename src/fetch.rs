@@ -124,7 +124,7 @@ impl Fetcher {
             .map_err(|err| fetch_error(url, &err))?;
         if !response.status().is_success() {
             return Err(Error::new(
-                ErrorKind::BadGateway,
+                ErrorKind::Unfetchable,
                 "fetch_failed",
                 format!("{url} answered {}", response.status()),
             ));
@@ -213,8 +213,8 @@ fn not_allowed(refused: Refused) -> Error {
     Error::bad_request("url_not_allowed", refused.0)
 }
 
-/// Maps a client error to 400 (refused by policy), 504 (timeout) or 502 (the remote
-/// failed, or redirected too often).
+/// Maps a client error to 400 (refused by policy) or 422 (timed out, failed, or
+/// redirected too often).
 fn fetch_error(url: &str, err: &reqwest::Error) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cause) = source {
@@ -223,7 +223,7 @@ fn fetch_error(url: &str, err: &reqwest::Error) -> Error {
         }
         if let Some(redirects) = cause.downcast_ref::<TooManyRedirects>() {
             return Error::new(
-                ErrorKind::BadGateway,
+                ErrorKind::Unfetchable,
                 "fetch_failed",
                 format!("{url} redirected {redirects}"),
             );
@@ -232,13 +232,13 @@ fn fetch_error(url: &str, err: &reqwest::Error) -> Error {
     }
     if err.is_timeout() {
         Error::new(
-            ErrorKind::GatewayTimeout,
+            ErrorKind::Unfetchable,
             "fetch_timeout",
             format!("{url} did not answer in time"),
         )
     } else {
         Error::new(
-            ErrorKind::BadGateway,
+            ErrorKind::Unfetchable,
             "fetch_failed",
             format!("could not fetch {url}: {err}"),
         )

@@ -244,10 +244,10 @@ async fn bad_urls_and_misbehaving_origins_get_clear_errors() {
             json!({"link": origin.url("/photo.png")}),
             (400, "invalid_json"),
         ),
-        (json!({"url": origin.url("/hops/4")}), (502, "fetch_failed")),
+        (json!({"url": origin.url("/hops/4")}), (422, "fetch_failed")),
         (
             json!({"url": origin.url("/missing")}),
-            (502, "fetch_failed"),
+            (422, "fetch_failed"),
         ),
         (
             json!({"url": origin.url("/declared-huge")}),
@@ -257,7 +257,7 @@ async fn bad_urls_and_misbehaving_origins_get_clear_errors() {
             json!({"url": origin.url("/endless")}),
             (413, "max_upload_bytes"),
         ),
-        (json!({"url": origin.url("/slow")}), (504, "fetch_timeout")),
+        (json!({"url": origin.url("/slow")}), (422, "fetch_timeout")),
         (
             json!({"url": origin.url("/text")}),
             (415, "unsupported_media_type"),

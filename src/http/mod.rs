@@ -10,6 +10,8 @@ mod access;
 mod meta;
 mod response;
 mod routes;
+#[cfg(test)]
+mod spec;
 mod upload;
 
 use std::convert::Infallible;
@@ -423,6 +425,9 @@ fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 
+/// The query parameters of `GET /images/`.
+const PAGE_PARAMS: [&str; 3] = ["limit", "cursor", "tag"];
+
 /// What a listing asks for.
 struct PageQuery {
     /// The last id of the previous page.
@@ -458,7 +463,7 @@ fn page_query(query: &[(String, String)]) -> Result<PageQuery> {
             _ => {
                 return Err(Error::bad_request(
                     "unknown_parameter",
-                    format!("GET /images/ takes limit, cursor and tag, not '{key}'"),
+                    format!("GET /images/ takes {}, not '{key}'", PAGE_PARAMS.join(", ")),
                 ))
             }
         }

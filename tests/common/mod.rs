@@ -314,6 +314,26 @@ pub async fn assert_consistent(store: &Store) -> Vec<String> {
 }
 
 /// The lowercase hex SHA-1 of some bytes: what an id must be.
+/// Installs `requirement` with pip unless `python3` can already import `module`
+/// (`.ci/run` installs the test tools up front; this keeps a bare `cargo test` working).
+pub fn ensure_python_module(module: &str, requirement: &str) {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let importable = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !importable {
+        eprintln!("installing {requirement} with pip");
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", requirement])
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "pip install {requirement} failed");
+    }
+}
+
 pub fn sha1_hex(bytes: &[u8]) -> String {
     Sha1::digest(bytes)
         .iter()

@@ -32,7 +32,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server on a free port, with the test bucket.
     pub fn start() -> Self {
-        install_moto();
+        super::ensure_python_module("moto.server", MOTO);
         let addr = free_port();
         let mut command = Command::new("python3");
         command
@@ -174,26 +174,6 @@ fn free_port() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// Installs moto with pip unless `python3` already has it.
-fn install_moto() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let has_moto = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !has_moto {
-            eprintln!("installing {MOTO} with pip (once)");
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", MOTO])
-                .status()
-                .expect("python3 runs");
-            assert!(status.success(), "pip install {MOTO} failed");
-        }
-    });
 }
 
 /// Starts `command` from a thread that never ends, with the kernel asked to kill the

@@ -3,9 +3,7 @@
 //! upload-then-fetch) and checks every response's status, headers, content type and
 //! body against it, and that nothing answers with a 5xx.
 //!
-//! `positive_data_acceptance` is left out: it expects every schema-valid request to
-//! succeed, but validity here also depends on things a schema cannot say (a transform
-//! that needs parameters, a range beyond the object, random bytes that are no image).
+//! `tests/schemathesis.toml` says which checks are left out where, and why.
 
 mod common;
 

@@ -8,6 +8,7 @@
 // view (thumbnail loaded, ASCII art shown) and for the image in the gallery, saves a
 // full-page screenshot and prints one JSON line:
 //   {"id": "...", "thumbnail_width": N, "ascii_lines": N, "gallery_items": N}
+// PROGIMAGE_UI_API_KEY, if set, is typed into the page's API key field first.
 // Exits 0 on success; on failure prints the reason and the page's console errors to
 // stderr and exits 1. Every wait is bounded (30 s), and the whole run by 90 s.
 
@@ -86,6 +87,9 @@ async function main() {
     if ((await page.locator(sel).count()) !== 1) throw new Error(`the page has no ${sel}`);
   }
 
+  // With a key in PROGIMAGE_UI_API_KEY, the page sends it (and fetches images with it).
+  if (process.env.PROGIMAGE_UI_API_KEY) await page.fill("#apikey", process.env.PROGIMAGE_UI_API_KEY);
+
   // 1. The file input.
   const first = page.waitForResponse(isUpload);
   await page.setInputFiles("#file", imagePath);
@@ -94,7 +98,7 @@ async function main() {
   await page.waitForFunction(
     (id) => {
       const img = document.querySelector("#detail img#detail-thumbnail");
-      return img && img.src.includes(id) && img.complete && img.naturalWidth > 0;
+      return img && (img.dataset.src || img.src).includes(id) && img.complete && img.naturalWidth > 0;
     },
     id,
   ).catch(async (e) => {

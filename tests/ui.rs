@@ -83,5 +83,8 @@ async fn the_page_uploads_shows_and_lists_an_image() {
     );
     let png = std::fs::read(&screenshot).unwrap();
     let shot = decode(&png);
-    assert!(shot.width() >= 800 && shot.height() >= 400, "a screenshot of the page");
+    assert!(
+        shot.width() >= 800 && shot.height() >= 400,
+        "a screenshot of the page"
+    );
 }

@@ -99,6 +99,13 @@ pub struct Limits {
     pub max_frames: u64,
     /// Seconds a client has to send its request headers before the connection closes.
     pub header_read_timeout_secs: u64,
+    /// Seconds a request body may send nothing before it is refused (408).
+    pub body_read_timeout_secs: u64,
+    /// Seconds a response may make no progress (a client that stopped reading) before
+    /// the connection is dropped.
+    pub write_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// Transform jobs that may wait for a worker; beyond them a request gets 429.
     pub max_queued_transforms: usize,
 }
@@ -183,6 +190,9 @@ impl Default for Limits {
             max_output_pixels: 50_000_000,
             max_frames: 100,
             header_read_timeout_secs: 30,
+            body_read_timeout_secs: 30,
+            write_timeout_secs: 30,
+            max_connections: 1024,
             max_queued_transforms: 64,
         }
     }

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     NotFound,
     /// The route exists but not for this method (405).
     MethodNotAllowed,
+    /// The client stopped sending its body (408).
+    RequestTimeout,
     /// `If-Match` names a version that is no longer current (412).
     PreconditionFailed,
     /// The body, or the image it holds, is over a configured limit (413).

@@ -10,6 +10,7 @@ mod access;
 mod meta;
 mod response;
 mod routes;
+mod slow;
 #[cfg(test)]
 mod spec;
 mod upload;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, TryStreamExt};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
@@ -64,6 +64,7 @@ pub struct App {
     access: Access,
     fetcher: Fetcher,
     public_url: String,
+    body_idle: Duration,
 }
 
 /// The header that carries a request's id, in and out.
@@ -77,6 +78,7 @@ impl App {
             access: Access::new(&settings.access)?,
             fetcher: Fetcher::new(&settings.fetch)?,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
+            body_idle: Duration::from_secs(settings.limits.body_read_timeout_secs),
         })
     }
 
@@ -158,8 +160,7 @@ impl App {
         let (parts, body) = request.into_parts();
         let caller = self.access.authorize(&parts.headers, route.need())?;
         let metrics = Arc::clone(self.service.metrics());
-        let chunks = body
-            .into_data_stream()
+        let chunks = slow::with_idle_timeout(body, self.body_idle)
             .inspect_ok(move |chunk| metrics.received(chunk.len() as u64));
         let head_only = parts.method == Method::HEAD;
         let range = response::requested_range(&parts.headers);
@@ -538,7 +539,9 @@ impl<'a> UploadReply<'a> {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
-/// waits up to `shutdown_grace_secs` for in-flight requests to finish.
+/// waits up to `shutdown_grace_secs` for in-flight requests to finish. At most
+/// `max_connections` are served at once; a connection whose responses stop moving for
+/// `write_timeout_secs` is dropped (see [`slow`]).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -553,8 +556,14 @@ pub async fn serve(
             settings.limits.header_read_timeout_secs,
         ));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
+    let write_timeout = Duration::from_secs(settings.limits.write_timeout_secs);
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -571,12 +580,14 @@ pub async fn serve(
                     let app = Arc::clone(&app);
                     async move { Ok::<_, Infallible>(app.handle(request).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let io = TokioIo::new(slow::WriteTimeout::new(stream, write_timeout));
+                let connection = builder.serve_connection(io, service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,

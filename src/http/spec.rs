@@ -1,7 +1,8 @@
 //! The OpenAPI description and the router must agree: every path and method of the
 //! spec resolves to a route that allows exactly those methods, every route is
 //! described, the query parameters match what the handlers read, and the statuses
-//! that access control and back-pressure add are declared where they can happen.
+//! that access control, back-pressure and body timeouts add are declared where they
+//! can happen.
 //! (Schemathesis checks the responses themselves against the spec at run time.)
 
 use std::collections::BTreeSet;
@@ -180,6 +181,11 @@ fn access_and_back_pressure_statuses_are_declared_where_they_happen() {
                 Route::Transform(..) | Route::Converted(..) | Route::OnDemand(_)
             );
             assert_eq!(declares("429"), queued, "{method} {template}: 429");
+            let reads_a_body = matches!(
+                route,
+                Route::Upload | Route::OnDemand(_) | Route::UpdateMeta(_)
+            );
+            assert_eq!(declares("408"), reads_a_body, "{method} {template}: 408");
             let with_store = guarded;
             assert!(
                 !with_store || declares("503") || matches!(route, Route::OnDemand(_)),

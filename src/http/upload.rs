@@ -15,14 +15,15 @@ use hyper::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::slow::BodyError;
 use crate::error::{Error, Result};
 use crate::fetch::Fetcher;
 use crate::service::{IncomingImage, Service, Upload};
 
-/// A request body as it streams in.
-pub trait Chunks: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static {}
+/// A request body as it streams in (see [`super::slow`] for its timeout).
+pub trait Chunks: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin + 'static {}
 
-impl<S: Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin + 'static> Chunks for S {}
+impl<S: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin + 'static> Chunks for S {}
 
 /// Largest JSON body accepted (metadata changes, upload by URL).
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -133,7 +134,7 @@ pub async fn read_json<T: DeserializeOwned>(parts: &Parts, mut chunks: impl Chun
     }
     let mut body = Vec::new();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(interrupted)?;
+        let chunk = chunk?;
         if body.len() + chunk.len() > MAX_JSON_BODY {
             return Err(too_large());
         }
@@ -142,13 +143,6 @@ pub async fn read_json<T: DeserializeOwned>(parts: &Parts, mut chunks: impl Chun
     serde_json::from_slice(&body).map_err(|err| {
         Error::bad_request("invalid_json", format!("the JSON body is not valid: {err}"))
     })
-}
-
-fn interrupted(err: impl std::fmt::Display) -> Error {
-    Error::bad_request(
-        "body_interrupted",
-        format!("reading the body failed: {err}"),
-    )
 }
 
 /// `name` and `desc` are short texts.
@@ -162,12 +156,9 @@ pub fn check_text_length(text: &str) -> Result<()> {
     Ok(())
 }
 
-async fn read_raw<E: std::fmt::Display>(
-    mut incoming: IncomingImage,
-    mut chunks: impl Stream<Item = Result<Bytes, E>> + Unpin,
-) -> Result<IncomingImage> {
+async fn read_raw(mut incoming: IncomingImage, mut chunks: impl Chunks) -> Result<IncomingImage> {
     while let Some(chunk) = chunks.next().await {
-        incoming.push(&chunk.map_err(interrupted)?)?;
+        incoming.push(&chunk?)?;
     }
     if incoming.is_empty() {
         return Err(Error::bad_request(
@@ -178,14 +169,11 @@ async fn read_raw<E: std::fmt::Display>(
     Ok(incoming)
 }
 
-async fn read_multipart<E>(
+async fn read_multipart(
     incoming: IncomingImage,
-    chunks: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
+    chunks: impl Chunks,
     boundary: String,
-) -> Result<Upload>
-where
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
+) -> Result<Upload> {
     // The form may be a little larger than the file it carries: boundaries, headers
     // and the short text fields.
     let whole_form = incoming.limit() + 64 * 1024;
@@ -266,6 +254,10 @@ async fn read_text_field(mut field: multer::Field<'_>, name: &str) -> Result<Str
 
 fn form_error(err: multer::Error) -> Error {
     match err {
+        multer::Error::StreamReadFailed(cause) => match cause.downcast::<BodyError>() {
+            Ok(body) => Error::from(*body),
+            Err(other) => Error::bad_request("body_interrupted", other.to_string()),
+        },
         multer::Error::StreamSizeExceeded { limit } => Error::too_large(
             "max_upload_bytes",
             format!("the form is over {limit} bytes: max_upload_bytes plus room for the form's own fields"),

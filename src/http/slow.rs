@@ -1,0 +1,170 @@
+//! Protection from slow clients: a client that trickles its body or never reads its
+//! response must not hold a connection (and the memory behind it) forever.
+//!
+//! - Headers: hyper's own `header_read_timeout` (set in [`super::serve`]).
+//! - Bodies: [`with_idle_timeout`] ends a body that sends nothing for
+//!   `body_read_timeout_secs`: 408, and the connection closes.
+//! - Responses: [`WriteTimeout`] fails a connection whose writes make no progress for
+//!   `write_timeout_secs` (a client that stopped reading): hyper drops it.
+//! - Connections: at most `max_connections` at once; more wait in the listen backlog.
+
+use std::fmt;
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::error::{Error, ErrorKind};
+
+/// Why reading a request body stopped early.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The connection failed or the client sent a malformed body.
+    Interrupted(hyper::Error),
+    /// Nothing arrived for this long.
+    Stalled(Duration),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Interrupted(err) => write!(f, "reading the body failed: {err}"),
+            BodyError::Stalled(idle) => write!(
+                f,
+                "the body stalled: nothing arrived for {} s",
+                idle.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl From<BodyError> for Error {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::Interrupted(_) => Error::bad_request("body_interrupted", err.to_string()),
+            BodyError::Stalled(_) => {
+                Error::new(ErrorKind::RequestTimeout, "body_timeout", err.to_string())
+            }
+        }
+    }
+}
+
+/// A request body as chunks that fail with [`BodyError::Stalled`] when the client
+/// sends nothing for `idle`.
+pub fn with_idle_timeout(
+    body: Incoming,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + Unpin + 'static {
+    let chunks = body.into_data_stream();
+    futures::stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+            Ok(Some(Err(err))) => Some((Err(BodyError::Interrupted(err)), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyError::Stalled(idle)), None)),
+        }
+    })
+    .boxed()
+}
+
+/// An I/O stream whose writes fail after making no progress for a while.
+pub struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed while a write is pending; cleared when one goes through.
+    stalled_since: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled_since: None,
+        }
+    }
+
+    /// Called when a write is pending: arms the timer, or fails once it has run out.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.timeout;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for write_timeout_secs",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<R>(
+        &mut self,
+        ready: Poll<io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<R>> {
+        match ready {
+            Poll::Ready(result) => {
+                self.stalled_since = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.check_stall(cx).map(Err),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let ready = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(ready, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let ready = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(ready, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let ready = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(ready, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let ready = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(ready, cx)
+    }
+}

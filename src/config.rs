@@ -106,7 +106,11 @@ pub struct Limits {
     pub write_timeout_secs: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Transform jobs that may wait for a worker; beyond them a request gets 429.
+    /// Bytes of images held at once: upload buffers and transforms' working memory
+    /// (estimated from the header) are reserved from it before they are held.
+    pub memory_budget_bytes: u64,
+    /// Jobs that may wait for a worker, and uploads and transforms that may wait for
+    /// the memory budget; beyond them a request gets 429.
     pub max_queued_transforms: usize,
 }
 
@@ -193,6 +197,7 @@ impl Default for Limits {
             body_read_timeout_secs: 30,
             write_timeout_secs: 30,
             max_connections: 1024,
+            memory_budget_bytes: 256 * 1024 * 1024,
             max_queued_transforms: 64,
         }
     }

@@ -29,8 +29,10 @@
 //! - [`fetch`]: upload by URL, with the SSRF rules.
 //! - [`signing`]: signed transform URLs (HMAC-SHA256), for the server and `progimage sign`.
 //! - [`metrics`]: the counters and histograms `GET /metrics` reports.
+//! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -24,6 +24,7 @@ use object_store::path::Path;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
@@ -100,33 +101,55 @@ pub struct Upload {
     pub file_name: Option<String>,
     pub name: Option<String>,
     pub desc: Option<String>,
+    /// The bytes' share of the memory budget, held until the upload is dropped.
+    pub memory: Reservation,
 }
 
-/// Upload bytes as they stream in: hashed chunk by chunk and held once, up to a limit.
+/// Upload bytes as they stream in: hashed chunk by chunk and held once, up to a limit,
+/// within the memory budget.
 pub struct IncomingImage {
     hasher: Sha1,
     buffer: Vec<u8>,
     limit: u64,
+    budget: Arc<MemoryBudget>,
+    memory: Reservation,
 }
 
+/// How much a body of unknown length reserves at a time.
+const GROWTH: u64 = 1024 * 1024;
+
 impl IncomingImage {
-    /// `expected` is the declared length, if any, used only to size the buffer.
-    pub fn new(limit: u64, expected: Option<u64>) -> Result<Self> {
+    /// `expected` is the declared length, if any: refused over the limit, else
+    /// reserved from the budget (waiting for it) and used to size the buffer.
+    pub async fn new(limit: u64, expected: Option<u64>, budget: Arc<MemoryBudget>) -> Result<Self> {
         if let Some(length) = expected.filter(|&length| length > limit) {
             return Err(upload_too_large(limit, Some(length)));
         }
+        let memory = match expected {
+            Some(length) => budget.reserve(length).await?,
+            None => Reservation::none(),
+        };
         let capacity = expected.unwrap_or(0).min(limit) as usize;
         Ok(Self {
             hasher: Sha1::new(),
             buffer: Vec::with_capacity(capacity),
             limit,
+            budget,
+            memory,
         })
     }
 
-    /// Adds a chunk; fails with 413 as soon as the total passes the limit.
+    /// Adds a chunk; fails with 413 as soon as the total passes the limit, and with
+    /// 429 when a body longer than declared (or of unknown length) outgrows its
+    /// reservation and the budget has no more.
     pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
-        if (self.buffer.len() + chunk.len()) as u64 > self.limit {
+        let length = (self.buffer.len() + chunk.len()) as u64;
+        if length > self.limit {
             return Err(upload_too_large(self.limit, None));
+        }
+        if length > self.memory.bytes() {
+            let target = length.max(self.memory.bytes() + GROWTH);
+            self.budget.grow_to(&mut self.memory, target)?;
         }
         self.hasher.update(chunk);
         self.buffer.extend_from_slice(chunk);
@@ -142,11 +165,12 @@ impl IncomingImage {
         self.buffer.is_empty()
     }
 
-    /// The id (SHA-1 of everything pushed) and the bytes.
-    pub fn finish(self) -> (ImageId, Bytes) {
+    /// The id (SHA-1 of everything pushed), the bytes and their reservation.
+    pub fn finish(self) -> (ImageId, Bytes, Reservation) {
         (
             ImageId::from_digest(&self.hasher.finalize()),
             self.buffer.into(),
+            self.memory,
         )
     }
 }
@@ -227,6 +251,7 @@ pub struct Service {
     in_flight: Mutex<HashMap<Path, Flight>>,
     lease_ttl: Duration,
     max_upload_bytes: u64,
+    memory: Arc<MemoryBudget>,
     metrics: Arc<Metrics>,
 }
 
@@ -243,6 +268,10 @@ impl Service {
             in_flight: Mutex::new(HashMap::new()),
             lease_ttl: Duration::from_secs(settings.transform_lease_secs),
             max_upload_bytes: settings.limits.max_upload_bytes,
+            memory: Arc::new(MemoryBudget::new(
+                settings.limits.memory_budget_bytes,
+                settings.limits.max_queued_transforms,
+            )),
             metrics: Arc::new(Metrics::default()),
         })
     }
@@ -267,9 +296,15 @@ impl Service {
         self.engine.catalogue()
     }
 
-    /// A buffer for one upload's bytes, refusing a declared length over the limit.
-    pub fn incoming(&self, declared_length: Option<u64>) -> Result<IncomingImage> {
-        IncomingImage::new(self.max_upload_bytes, declared_length)
+    /// A buffer for one upload's bytes, refusing a declared length over the limit and
+    /// reserving it from the memory budget.
+    pub async fn incoming(&self, declared_length: Option<u64>) -> Result<IncomingImage> {
+        IncomingImage::new(
+            self.max_upload_bytes,
+            declared_length,
+            Arc::clone(&self.memory),
+        )
+        .await
     }
 
     /// Stores an upload. Returns its sidecar and whether the blob is new (`false`
@@ -522,22 +557,41 @@ impl Service {
         })
     }
 
-    /// Runs a transform on bytes that are not stored, and stores nothing.
-    pub async fn on_demand(&self, bytes: Bytes, spec: TransformSpec) -> Result<Rendered> {
-        self.render(bytes, Arc::new(spec)).await
+    /// Runs a transform on an upload that is not stored, and stores nothing.
+    pub async fn on_demand(&self, upload: Upload, spec: TransformSpec) -> Result<Rendered> {
+        self.render(upload.bytes, Arc::new(spec), upload.memory)
+            .await
     }
 
-    /// Decodes, transforms and encodes on a worker, timing it for the metrics.
-    async fn render(&self, source: Bytes, spec: Arc<TransformSpec>) -> Result<Rendered> {
+    /// Decodes, transforms and encodes on a worker, timing it for the metrics. The job
+    /// holds its source and working memory (estimated from the header) from the budget:
+    /// it waits for them when it holds nothing yet; when it already holds part (an
+    /// upload's bytes), it takes the rest only if the budget has it now (else 429), since
+    /// jobs waiting while holding could wait for each other forever.
+    async fn render(
+        &self,
+        source: Bytes,
+        spec: Arc<TransformSpec>,
+        mut memory: Reservation,
+    ) -> Result<Rendered> {
+        let needed = self.engine.working_memory(&source) + source.len() as u64;
+        if memory.bytes() == 0 {
+            memory = self.memory.reserve(needed).await?;
+        } else {
+            self.memory.grow_to(&mut memory, needed)?;
+        }
         let engine = self.engine.clone();
         let metrics = Arc::clone(&self.metrics);
-        self.run_worker(move || {
-            let started = Instant::now();
-            let rendered = engine.render(&source, &spec);
-            metrics.transform(spec.label(), started.elapsed());
-            rendered
-        })
-        .await
+        let rendered = self
+            .run_worker(move || {
+                let started = Instant::now();
+                let rendered = engine.render(&source, &spec);
+                metrics.transform(spec.label(), started.elapsed());
+                rendered
+            })
+            .await;
+        drop(memory);
+        rendered
     }
 
     /// Coalesces concurrent computations of one derived object into one.
@@ -637,8 +691,22 @@ impl Service {
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
+        // Reserve before reading the source, from what the sidecar says, so that jobs
+        // waiting for the budget hold neither their source nor their pixels.
+        let memory = match self.store.read_sidecar(id).await? {
+            Some(Sidecar {
+                width: Some(width),
+                height: Some(height),
+                bytes: Some(bytes),
+                ..
+            }) => {
+                let pixels = u64::from(width) * u64::from(height);
+                self.memory.reserve(pixels * 8 + bytes).await?
+            }
+            _ => Reservation::none(),
+        };
         let source = self.read_blob(id).await?;
-        let rendered = self.render(source, Arc::clone(spec)).await?;
+        let rendered = self.render(source, Arc::clone(spec), memory).await?;
         let bytes = Bytes::from(rendered.bytes);
         match self.store.put_if_absent(path, bytes.clone()).await? {
             Put::Created => Ok((bytes, CacheStatus::Miss)),
@@ -811,18 +879,31 @@ mod tests {
         assert_eq!(ByteRange::Suffix(500).resolve(100), Some(0..100));
     }
 
-    #[test]
-    fn incoming_images_are_hashed_and_limited() {
-        let mut incoming = IncomingImage::new(5, None).unwrap();
+    #[tokio::test]
+    async fn incoming_images_are_hashed_limited_and_budgeted() {
+        let budget = Arc::new(MemoryBudget::new(1 << 30, 8));
+        let mut incoming = IncomingImage::new(5, None, Arc::clone(&budget))
+            .await
+            .unwrap();
         incoming.push(b"abc").unwrap();
         assert_eq!(incoming.push(b"def").unwrap_err().code, "max_upload_bytes");
-        let (id, bytes) = {
-            let mut ok = IncomingImage::new(5, Some(3)).unwrap();
+        let (id, bytes, memory) = {
+            let mut ok = IncomingImage::new(5, Some(3), Arc::clone(&budget))
+                .await
+                .unwrap();
             ok.push(b"abc").unwrap();
             ok.finish()
         };
         assert_eq!(id.as_str(), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(bytes, "abc");
-        assert!(IncomingImage::new(5, Some(6)).is_err());
+        assert!(memory.bytes() >= 3);
+        assert!(IncomingImage::new(5, Some(6), Arc::clone(&budget))
+            .await
+            .is_err());
+        // A body of unknown length that outgrows a spent budget is refused.
+        let small = Arc::new(MemoryBudget::new(4096, 8));
+        let _held = small.reserve(4096).await.unwrap();
+        let mut starved = IncomingImage::new(1 << 20, None, small).await.unwrap();
+        assert_eq!(starved.push(b"x").unwrap_err().code, "too_many_requests");
     }
 }

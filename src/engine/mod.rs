@@ -224,6 +224,20 @@ impl Engine {
         })
     }
 
+    /// The most memory a transform of `bytes` holds at once, from the header: a decoded
+    /// RGBA copy and one working copy (shrink-on-load often needs less; this is the
+    /// reservation, not the use). 0 for a header that does not parse: decoding will
+    /// refuse it before allocating anything.
+    pub fn working_memory(&self, bytes: &[u8]) -> u64 {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|reader| reader.into_dimensions().ok())
+            .map_or(0, |(width, height)| {
+                u64::from(width) * u64::from(height) * 8
+            })
+    }
+
     /// Identifies and checks an image from its header (see [`probe::probe`]).
     pub fn probe(&self, bytes: &[u8]) -> Result<Probe> {
         probe::probe(bytes, &self.limits)

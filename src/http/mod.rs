@@ -262,11 +262,10 @@ impl App {
             Route::OnDemand(pipeline) => {
                 // Validate the transform before reading a possibly large body.
                 let spec = self.spec(&pipeline, &parts)?;
-                let bytes = upload::read_upload(&self.service, &self.fetcher, &parts, chunks)
-                    .await?
-                    .bytes;
+                let upload =
+                    upload::read_upload(&self.service, &self.fetcher, &parts, chunks).await?;
                 let varies = spec.varies_with_accept();
-                let rendered = self.service.on_demand(bytes, spec).await?;
+                let rendered = self.service.on_demand(upload, spec).await?;
                 let response = response::rendered(&rendered.content_type, rendered.bytes);
                 Ok(if varies {
                     with_vary(response)

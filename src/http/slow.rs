@@ -3,7 +3,8 @@
 //!
 //! - Headers: hyper's own `header_read_timeout` (set in [`super::serve`]).
 //! - Bodies: [`with_idle_timeout`] ends a body that sends nothing for
-//!   `body_read_timeout_secs`: 408, and the connection closes.
+//!   `body_read_timeout_secs`: 408, and the connection closes. A body left unread by
+//!   a refusal is discarded for a while after the answer (a lingering close).
 //! - Responses: [`WriteTimeout`] fails a connection whose writes make no progress for
 //!   `write_timeout_secs` (a client that stopped reading): hyper drops it.
 //! - Connections: at most `max_connections` at once; more wait in the listen backlog.
@@ -16,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -61,12 +63,14 @@ impl From<BodyError> for Error {
 
 /// A request body as chunks that fail with [`BodyError::Stalled`] when the client
 /// sends nothing for `idle`.
-pub fn with_idle_timeout(
-    body: Incoming,
-    idle: Duration,
-) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + Unpin + 'static {
+///
+/// Dropped before its end (a request refused before its body was read: 413, 429,
+/// 401), it goes on reading and discarding the rest in the background, up to
+/// [`LINGER_BYTES`] or [`LINGER_TIME`], as nginx's lingering close does: a client
+/// still sending would otherwise get a connection reset instead of the answer.
+pub fn with_idle_timeout(body: Incoming, idle: Duration) -> RequestBody {
     let chunks = body.into_data_stream();
-    futures::stream::unfold(Some(chunks), move |state| async move {
+    let stream = futures::stream::unfold(Some(chunks), move |state| async move {
         let mut chunks = state?;
         match tokio::time::timeout(idle, chunks.next()).await {
             Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
@@ -75,7 +79,59 @@ pub fn with_idle_timeout(
             Err(_) => Some((Err(BodyError::Stalled(idle)), None)),
         }
     })
-    .boxed()
+    .boxed();
+    RequestBody {
+        chunks: Some(stream),
+    }
+}
+
+/// How much of an unread body is discarded after the response, at most.
+pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long an unread body is discarded after the response, at most.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// See [`with_idle_timeout`].
+pub struct RequestBody {
+    /// `None` once the body has ended.
+    chunks: Option<BoxStream<'static, Result<Bytes, BodyError>>>,
+}
+
+impl Stream for RequestBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(chunks) = self.chunks.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = chunks.poll_next_unpin(cx);
+        if let Poll::Ready(None | Some(Err(_))) = next {
+            self.chunks = None;
+        }
+        next
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut chunks) = self.chunks.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut discarded = 0u64;
+                let _ = tokio::time::timeout(LINGER_TIME, async {
+                    while let Some(Ok(chunk)) = chunks.next().await {
+                        discarded += chunk.len() as u64;
+                        if discarded > LINGER_BYTES {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
 }
 
 /// An I/O stream whose writes fail after making no progress for a while.

@@ -56,7 +56,7 @@ pub async fn read_upload(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let incoming = service.incoming(declared)?;
+    let incoming = service.incoming(declared).await?;
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)
@@ -69,13 +69,14 @@ pub async fn read_upload(
             check_text_length(text)?;
         }
         let fetched = fetcher.fetch(&request.url, incoming).await?;
-        let (id, bytes) = fetched.image.finish();
+        let (id, bytes, memory) = fetched.image.finish();
         Ok(Upload {
             id,
             bytes,
             file_name: fetched.file_name,
             name: request.name,
             desc: request.desc,
+            memory,
         })
     } else if essence == "multipart/form-data" {
         let boundary = multer::parse_boundary(content_type).map_err(|err| {
@@ -88,13 +89,14 @@ pub async fn read_upload(
             .get(CONTENT_DISPOSITION)
             .and_then(|v| v.to_str().ok())
             .and_then(file_name_from_disposition);
-        let (id, bytes) = read_raw(incoming, chunks).await?.finish();
+        let (id, bytes, memory) = read_raw(incoming, chunks).await?.finish();
         Ok(Upload {
             id,
             bytes,
             file_name,
             name: None,
             desc: None,
+            memory,
         })
     } else {
         Err(Error::unsupported(format!(
@@ -227,13 +229,14 @@ async fn read_multipart(
             format!("the form has no field named '{IMAGE_FIELD}' holding the file ({found})"),
         ));
     };
-    let (id, bytes) = buffer.finish();
+    let (id, bytes, memory) = buffer.finish();
     Ok(Upload {
         id,
         bytes,
         file_name,
         name,
         desc,
+        memory,
     })
 }
 

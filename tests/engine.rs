@@ -26,6 +26,7 @@ on_every_store!(
     outputs_over_the_limit_are_413_before_decoding,
     small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone,
     animated_outputs_respect_the_output_limit_too,
+    a_jpeg_that_makes_libjpeg_unwind_is_a_422_naming_the_error,
 );
 
 /// Four quadrants of distinct colours, so every orientation is recognisable.
@@ -724,4 +725,28 @@ async fn animated_outputs_respect_the_output_limit_too(backend: Backend) {
     let path = "/on_demand/resize/?w=200&h=200&upscale=true&format=gif&animated=true";
     let response = server.post_raw(path, "image/gif", traffic_light()).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Found by the `decode` fuzz target: a corrupt JPEG whose header probes fine but on
+/// which libjpeg raises an error mid-decode. Its unwind used to escape the decoder and
+/// reach the worker's last-resort guard; now it is a 422 with libjpeg's own words.
+async fn a_jpeg_that_makes_libjpeg_unwind_is_a_422_naming_the_error(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let id = server.upload_id(&fixture("fuzz-jpeg-unwinds.jpg")).await;
+    for path in ["thumbnail/", "grayscale/"] {
+        let response = server.get(&format!("/images/{id}/{path}")).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "undecodable_image");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("this jpeg cannot be decoded: "),
+            "{message}"
+        );
+        assert!(!message.contains("decoder failed"), "{message}");
+    }
 }

@@ -537,6 +537,29 @@ impl<'a> UploadReply<'a> {
     }
 }
 
+/// For the `upload` fuzz target: reads `body` as `POST /` does (in 7-byte chunks, so
+/// multipart boundaries straddle them), with default settings and a memory store.
+/// Compiled only under cargo-fuzz (`--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub async fn fuzz_read_upload(content_type: &str, body: bytes::Bytes) -> Result<()> {
+    let settings = Settings::default();
+    let store = crate::store::Store::open("memory://", &settings.s3)?;
+    let service = Service::new(&settings, store)?;
+    let fetcher = Fetcher::new(&settings.fetch)?;
+    let (parts, ()) = Request::post("/")
+        .header(CONTENT_TYPE, content_type)
+        .body(())
+        .map_err(|err| Error::bad_request("invalid_form", err.to_string()))?
+        .into_parts();
+    let chunks: Vec<std::result::Result<bytes::Bytes, slow::BodyError>> = (0..body.len())
+        .step_by(7)
+        .map(|start| Ok(body.slice(start..body.len().min(start + 7))))
+        .collect();
+    upload::read_upload(&service, &fetcher, &parts, futures::stream::iter(chunks))
+        .await
+        .map(|_| ())
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits up to `shutdown_grace_secs` for in-flight requests to finish. At most
 /// `max_connections` are served at once; a connection whose responses stop moving for

@@ -12,6 +12,13 @@ pub fn decode(
     bytes: &[u8],
     plan: impl FnOnce((u32, u32)) -> Result<Option<(u32, u32)>>,
 ) -> Result<DynamicImage> {
+    super::unwinding_libjpeg(|| decode_unguarded(bytes, plan))
+}
+
+fn decode_unguarded(
+    bytes: &[u8],
+    plan: impl FnOnce((u32, u32)) -> Result<Option<(u32, u32)>>,
+) -> Result<DynamicImage> {
     let failed =
         |err: std::io::Error| Error::undecodable(format!("this jpeg cannot be decoded: {err}"));
     // APP1 holds EXIF, APP2 the ICC profile, APP14 Adobe's colour transform flag.

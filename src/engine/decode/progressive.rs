@@ -9,7 +9,6 @@
 //! The mozjpeg crate does not expose buffered-image mode, so this is raw FFI.
 
 use std::ffi::c_int;
-use std::panic::AssertUnwindSafe;
 
 use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg_sys as jpeg;
@@ -38,18 +37,7 @@ pub fn is_progressive(bytes: &[u8]) -> bool {
 /// Decodes the DC scans of an RGB (YCbCr) or gray progressive JPEG at 1/8 scale, or
 /// `None` for colour spaces this path does not handle (CMYK goes the ordinary way).
 pub fn decode_dc(bytes: &[u8]) -> Result<Option<DynamicImage>> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| decode_dc_unguarded(bytes))) {
-        Ok(result) => result,
-        Err(payload) => {
-            let why = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "corrupt data".to_string());
-            Err(Error::undecodable(format!(
-                "this jpeg cannot be decoded: {why}"
-            )))
-        }
-    }
+    super::unwinding_libjpeg(|| decode_dc_unguarded(bytes))
 }
 
 /// libjpeg state, destroyed however decoding ends (errors unwind through it).

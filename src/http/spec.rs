@@ -176,9 +176,10 @@ fn access_and_back_pressure_statuses_are_declared_where_they_happen() {
             let guarded = route.need() != Need::Nothing;
             assert_eq!(declares("401"), guarded, "{method} {template}: 401");
             assert_eq!(declares("403"), guarded, "{method} {template}: 403");
+            // Transforms queue for a worker and the memory budget; uploads for the budget.
             let queued = matches!(
                 route,
-                Route::Transform(..) | Route::Converted(..) | Route::OnDemand(_)
+                Route::Transform(..) | Route::Converted(..) | Route::OnDemand(_) | Route::Upload
             );
             assert_eq!(declares("429"), queued, "{method} {template}: 429");
             let reads_a_body = matches!(

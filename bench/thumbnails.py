@@ -20,11 +20,12 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+import report
 
 FILES = [
     "photo-eveningglow-2560x1600.jpg",
@@ -37,7 +38,7 @@ FILES = [
     "photo-path-2560x1600-icc.jpg",
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = report.ROOT
 
 # Each peer runs in a child interpreter: time and memory are its own.
 PEER = r'''
@@ -101,18 +102,6 @@ def psnr(output, reference_path):
     return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -164,21 +153,12 @@ def main():
     print(table)
 
     if args.write:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        section = (f"## Thumbnails: 300 px wide JPEG at q80, single-threaded\n\n"
-                   f"{datetime.date.today()}, commit {commit}, {machine()}, median of {args.runs} runs.\n"
-                   f"Command: `python3 bench/thumbnails.py --runs {args.runs} --write BENCHMARKS.md`\n\n{table}\n")
-        path = os.path.join(ROOT, args.write)
-        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-        marker = "## Thumbnails: 300 px wide JPEG at q80, single-threaded"
-        if marker in text:
-            start = text.index(marker)
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        open(path, "w").write(text)
-
+        report.write_section(
+            args.write,
+            "Thumbnails: 300 px wide JPEG at q80, single-threaded",
+            f"{datetime.date.today()}, commit {report.commit()}, {report.machine()}, median of {args.runs} runs.\n"
+            f"Command: `python3 bench/thumbnails.py --runs {args.runs} --write BENCHMARKS.md`\n\n{table}\n",
+        )
 
 if __name__ == "__main__":
     main()

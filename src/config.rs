@@ -33,6 +33,9 @@ pub struct Settings {
     pub transform_lease_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
+    /// Bytes of recently served transform results kept in memory (see [`crate::hot`]);
+    /// 0 turns that off.
+    pub hot_cache_bytes: u64,
     /// Limits against abuse.
     pub limits: Limits,
     /// How to reach an `s3://` store.
@@ -177,6 +180,7 @@ impl Default for Settings {
             transform_workers: 0,
             transform_lease_secs: 60,
             shutdown_grace_secs: 30,
+            hot_cache_bytes: 64 * 1024 * 1024,
             limits: Limits::default(),
             s3: S3Settings::default(),
             access: Access::default(),

@@ -29,6 +29,7 @@
 //! - [`fetch`]: upload by URL, with the SSRF rules.
 //! - [`signing`]: signed transform URLs (HMAC-SHA256), for the server and `progimage sign`.
 //! - [`metrics`]: the counters and histograms `GET /metrics` reports.
+//! - [`hot`]: recently served transform results in memory, in front of the store.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
@@ -37,6 +38,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod hot;
 pub mod http;
 pub mod metrics;
 pub mod migrate;

@@ -28,6 +28,7 @@ use crate::budget::{MemoryBudget, Reservation};
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
+use crate::hot::HotCache;
 use crate::metrics::Metrics;
 use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSidecar};
 
@@ -253,6 +254,7 @@ pub struct Service {
     max_upload_bytes: u64,
     memory: Arc<MemoryBudget>,
     metrics: Arc<Metrics>,
+    hot: HotCache,
 }
 
 impl Service {
@@ -273,6 +275,7 @@ impl Service {
                 settings.limits.max_queued_transforms,
             )),
             metrics: Arc::new(Metrics::default()),
+            hot: HotCache::new(settings.hot_cache_bytes),
         })
     }
 
@@ -486,6 +489,7 @@ impl Service {
     /// are never rewritten, and a read already streaming finishes. Transforms that
     /// concurrent requests store meanwhile are swept once more at the end.
     pub async fn delete(&self, id: &ImageId) -> Result<()> {
+        self.hot.forget(id);
         let blob = Store::blob_path(id);
         let siblings = self.store.siblings(id).await?;
         if siblings.is_empty() && self.store.size(&blob).await?.is_none() {
@@ -540,7 +544,23 @@ impl Service {
         let path = Store::derived_path(id, &key);
         let etag = format!("{id}.{key}");
         let content_type = crate::engine::content_type_of_key(&key);
+        if let Some(bytes) = self.hot.result(&path) {
+            return Ok(Fetched {
+                content_type,
+                etag,
+                object: object_from_bytes(bytes, range)?,
+                cache: Some(CacheStatus::Hit),
+            });
+        }
         if let Some(object) = self.stream(&path, range).await? {
+            let object = match range {
+                None if self.hot.would_keep(object.total_size) => {
+                    let bytes = object.collect().await?;
+                    self.hot.remember_result(&path, &bytes);
+                    object_from_bytes(bytes, None)?
+                }
+                _ => object,
+            };
             return Ok(Fetched {
                 content_type,
                 etag,
@@ -549,6 +569,7 @@ impl Service {
             });
         }
         let (bytes, cache) = self.compute_once(id, spec, &path).await?;
+        self.hot.remember_result(&path, &bytes);
         Ok(Fetched {
             content_type,
             etag,
@@ -781,22 +802,30 @@ impl Service {
     }
 
     /// The format of a stored original: from its sidecar, else sniffed from its bytes.
+    /// Remembered in the hot cache: the bytes behind an id never change.
     async fn source_format(&self, id: &ImageId) -> Result<Format> {
-        if let Some(format) = self
+        if let Some(format) = self.hot.format(id) {
+            return Ok(format);
+        }
+        let format = match self
             .store
             .read_sidecar(id)
             .await?
             .and_then(|s| s.format)
             .and_then(|f| Format::from_name(&f))
         {
-            return Ok(format);
-        }
-        let head = self.read_blob(id).await?;
-        Format::sniff(&head).ok_or_else(|| {
-            Error::unsupported(format!(
-                "stored image {id} is not in a format the engine reads"
-            ))
-        })
+            Some(format) => format,
+            None => {
+                let head = self.read_blob(id).await?;
+                Format::sniff(&head).ok_or_else(|| {
+                    Error::unsupported(format!(
+                        "stored image {id} is not in a format the engine reads"
+                    ))
+                })?
+            }
+        };
+        self.hot.remember_format(id, format);
+        Ok(format)
     }
 }
 

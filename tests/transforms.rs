@@ -16,7 +16,14 @@ on_every_store!(
     exif_orientation_is_applied_before_anything_else,
     ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters,
     a_long_pipeline_is_cached_under_a_hashed_key,
+    served_results_stay_in_memory_until_their_image_is_deleted,
 );
+
+/// Tests that need two servers on one store.
+mod shared_stores {
+    use super::a_result_read_from_the_store_is_kept_in_memory;
+    crate::common::on_shared_stores!(a_result_read_from_the_store_is_kept_in_memory);
+}
 
 /// The ASCII ramp, dark to light, as documented.
 const RAMP: &str = "@%#*+=-:. ";
@@ -64,7 +71,8 @@ async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format(backend: 
 }
 
 async fn transforms_are_cached_as_siblings_under_a_canonical_key(backend: Backend) {
-    let server = TestServer::on(backend).await;
+    // Without the hot cache, so that every hit below is a read of the store.
+    let server = TestServer::on_with(backend, |s| s.hot_cache_bytes = 0).await;
     let bytes = png(100, 100);
     let id = sha1_hex(&bytes);
     server.upload(&bytes).await;
@@ -319,4 +327,66 @@ async fn a_long_pipeline_is_cached_under_a_hashed_key(backend: Backend) {
     assert!(name.len() < 255 && name.contains(".e1.sha1-"), "{name}");
     assert!(name.ends_with(".png"), "{name}");
     assert_eq!(server.get(&path).await.headers()["x-cache"], "HIT");
+}
+
+/// The hot cache: a result computed here is answered from memory afterwards (the
+/// store object can vanish and it is still served, unchanged), until a DELETE of its
+/// image, which ends it at once. Uploading the same bytes again brings it back.
+async fn served_results_stay_in_memory_until_their_image_is_deleted(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let bytes = jpeg(400, 300);
+    let id = server.upload_id(&bytes).await;
+    let path = format!("/images/{id}/thumbnail/?w=100");
+    let first = server.get(&path).await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let first = first.bytes().await.unwrap();
+    assert_eq!(decode(&first).width(), 100);
+
+    let key = format!("{}.e1.thumbnail(w=100).q80.jpeg", blob_key(&id));
+    assert!(server.read_object(&key).await.is_some());
+    server.store.delete(&key.as_str().into()).await.unwrap();
+    let again = server.get(&path).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(again.bytes().await.unwrap(), first);
+    assert!(
+        server.read_object(&key).await.is_none(),
+        "a hit from memory must not have touched the store"
+    );
+
+    let deleted = server
+        .client
+        .delete(server.url(&format!("/images/{id}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = server.get(&path).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert_eq!(gone.headers()["content-type"], "application/json");
+
+    server.upload(&bytes).await;
+    let back = server.get(&path).await;
+    assert_eq!(back.status(), StatusCode::OK);
+    assert_eq!(back.bytes().await.unwrap(), first);
+}
+
+/// A hit read from the store (computed by another instance) is remembered too: once
+/// served, it no longer needs the store object.
+async fn a_result_read_from_the_store_is_kept_in_memory(backend: Backend) {
+    let computing = TestServer::on(backend).await;
+    let id = computing.upload_id(&png(300, 200)).await;
+    let path = format!("/images/{id}/thumbnail/?w=60");
+    let computed = computing.get(&path).await.bytes().await.unwrap();
+
+    let store_url = computing.store_url.clone();
+    let reading = TestServer::on_with(backend, |s| s.store = store_url).await;
+    let first = reading.get(&path).await;
+    assert_eq!(first.headers()["x-cache"], "HIT");
+    assert_eq!(first.bytes().await.unwrap(), computed);
+
+    let key = format!("{}.e1.thumbnail(w=60).png", blob_key(&id));
+    reading.store.delete(&key.as_str().into()).await.unwrap();
+    let second = reading.get(&path).await;
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert_eq!(second.bytes().await.unwrap(), computed);
 }

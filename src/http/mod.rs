@@ -589,7 +589,15 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                    Ok((stream, _peer)) => {
+                        // Responses go out as a header write then body writes; with
+                        // Nagle's algorithm on, the last small write waits for the
+                        // client's delayed ACK (40 ms on Linux) before leaving.
+                        if let Err(err) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+                        }
+                        stream
+                    }
                     Err(err) => {
                         // Out of file descriptors, usually: back off instead of spinning.
                         tracing::warn!(error = %err, "accept failed");

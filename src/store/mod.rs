@@ -28,7 +28,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -92,6 +92,17 @@ pub struct ObjectStream {
     pub total_size: u64,
     pub range: Range<u64>,
     pub body: BoxStream<'static, Result<Bytes>>,
+}
+
+impl ObjectStream {
+    /// The whole (ranged) body in one buffer.
+    pub async fn collect(mut self) -> Result<Bytes> {
+        let mut buffer = BytesMut::with_capacity((self.range.end - self.range.start) as usize);
+        while let Some(chunk) = self.body.next().await {
+            buffer.extend_from_slice(&chunk?);
+        }
+        Ok(buffer.freeze())
+    }
 }
 
 /// One object found by [`Store::list`].

@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Load benchmark: progimage against thumbor, ipx and nginx, on loopback, in one run.
+
+    bench/http.sh [--duration 10] [--connections 1,4,16] [--write BENCHMARKS.md]
+
+bench/http.sh installs the peers and wrk and builds progimage in release mode, then
+runs this. Every row starts its server afresh (so peak RSS is that row's), warms it
+with a few requests, and drives it with wrk for --duration seconds:
+
+1. Uncached 300 px thumbnails of the 2560x1600 photo and of the 10 MP camera photo.
+   progimage gets a new cache key on every request (`bg=` is a cache-key option that
+   does not change an opaque JPEG), so each request decodes, resizes, encodes and
+   stores; its /metrics must then count as many cache misses as requests. thumbor
+   (file loader, no storage, no result storage, 2 processes, one per core) and ipx
+   (sharp) keep no results, so they compute every request anyway.
+2. Cached transform GETs: progimage serving a stored thumbnail, nginx serving the same
+   bytes from a file.
+3. Uploads of distinct 1-10 MB photos (raw bodies, each with distinct trailing bytes),
+   with the CPU the server spent per megabyte, against `sha1sum` plus `cp` of the same
+   files measured here too.
+
+Prints one markdown table and the targets as ratios; --write puts both into
+BENCHMARKS.md. Needs only the standard library, wrk, nginx, and the peers under
+--peers (bench/http.sh puts them there).
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import report
+
+ROOT = report.ROOT
+PHOTOS = ["photo-eveningglow-2560x1600.jpg", "photo-fujifilm-3648x2736.mpo"]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(url, data=None, content_type=None):
+    """(status, headers, body) of one request; HTTP errors are answers, not raised."""
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def process_tree(pid):
+    """pid and all its descendants."""
+    children = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def peak_rss_mib(pid):
+    """Sum of the peak resident sizes (VmHWM) of the process tree."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            for line in open(f"/proc/{member}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def cpu_seconds(pid):
+    """User plus system CPU of the process tree so far."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = open(f"/proc/{member}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+class Server:
+    """A server process on a free loopback port, stopped with its whole process group."""
+
+    name = "?"
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def command(self):
+        raise NotImplementedError
+
+    def ready_path(self):
+        return "/"
+
+    def env(self):
+        return os.environ
+
+    def __enter__(self):
+        log = open(os.path.join(self.workdir, f"{self.name}.log"), "ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=self.env(),
+                                        cwd=self.workdir, start_new_session=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.base + self.ready_path(), timeout=1).read()
+                return self
+            except urllib.error.HTTPError:
+                return self  # it answers
+            except OSError:
+                if self.process.poll() is not None:
+                    sys.exit(f"{self.name} exited at start; see {log.name}")
+                time.sleep(0.1)
+        sys.exit(f"{self.name} did not start within 30 s; see {log.name}")
+
+    def __exit__(self, *_):
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class Progimage(Server):
+    name = "progimage"
+
+    def __init__(self, workdir, binary):
+        super().__init__(workdir)
+        self.binary = binary
+        self.store = tempfile.mkdtemp(prefix="store-", dir=workdir)
+
+    def command(self):
+        return [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--store", self.store]
+
+    def ready_path(self):
+        return "/healthz"
+
+    def env(self):
+        return {**os.environ, "NO_COLOR": "1"}
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        shutil.rmtree(self.store, ignore_errors=True)
+
+    def upload(self, path):
+        status, _, body = fetch(self.base + "/", open(path, "rb").read(), "application/octet-stream")
+        if status != 201:
+            sys.exit(f"progimage refused {path}: {status} {body[:200]!r}")
+        return json.loads(body)["id"]
+
+    def cache_counts(self):
+        """{"HIT": n, "MISS": n, ...} from /metrics."""
+        _, _, body = fetch(self.base + "/metrics")
+        counts = {}
+        for line in body.decode().splitlines():
+            found = re.match(r'progimage_cache_lookups_total\{.*result="(\w+)".*\} (\d+)', line)
+            if found:
+                counts[found.group(1)] = counts.get(found.group(1), 0) + int(found.group(2))
+        return counts
+
+
+class Thumbor(Server):
+    name = "thumbor"
+
+    def __init__(self, workdir, peers, images):
+        super().__init__(workdir)
+        self.executable = os.path.join(peers, "thumbor", "bin", "thumbor")
+        self.conf = os.path.join(workdir, "thumbor.conf")
+        with open(self.conf, "w") as conf:
+            conf.write(f"LOADER = 'thumbor.loaders.file_loader'\n"
+                       f"FILE_LOADER_ROOT_PATH = {images!r}\n"
+                       "STORAGE = 'thumbor.storages.no_storage'\n"
+                       "RESULT_STORAGE = None\n"
+                       "QUALITY = 80\n"
+                       "ALLOW_UNSAFE_URL = True\n")
+
+    def command(self):
+        processes = str(os.cpu_count())
+        return [self.executable, "-c", self.conf, "-i", "127.0.0.1", "-p", str(self.port),
+                "--processes", processes]
+
+    def ready_path(self):
+        return "/healthcheck"
+
+
+class Ipx(Server):
+    name = "ipx"
+
+    def __init__(self, workdir, peers, images):
+        super().__init__(workdir)
+        self.executable = os.path.join(peers, "ipx", "node_modules", ".bin", "ipx")
+        self.images = images
+
+    def command(self):
+        return [self.executable, "serve", "--dir", self.images, "--host", "127.0.0.1",
+                "--port", str(self.port)]
+
+
+class Nginx(Server):
+    name = "nginx"
+
+    def __init__(self, workdir, root):
+        super().__init__(workdir)
+        self.conf = os.path.join(workdir, "nginx.conf")
+        with open(self.conf, "w") as conf:
+            conf.write(f"daemon off;\nworker_processes auto;\npid {workdir}/nginx.pid;\n"
+                       f"error_log {workdir}/nginx-error.log;\n"
+                       "events { worker_connections 1024; }\n"
+                       "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
+                       "  types { image/jpeg jpg; }\n"
+                       f"  client_body_temp_path {workdir}/nginx-body;\n"
+                       f"  server {{ listen 127.0.0.1:{self.port}; root {root}; }}\n}}\n")
+
+    def command(self):
+        return ["nginx", "-c", self.conf, "-p", self.workdir]
+
+
+def wrk(base, connections, duration, *script_args):
+    """Runs wrk with bench/wrk.lua; the RESULT line as a dict."""
+    command = ["wrk", "-t", str(min(connections, os.cpu_count())), "-c", str(connections),
+               "-d", f"{duration}s", "--timeout", "60s", "-s", os.path.join(ROOT, "bench", "wrk.lua"),
+               base, "--", *script_args]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    found = re.search(r"^RESULT (.*)$", output, re.M)
+    if not found:
+        sys.exit(f"wrk printed no result:\n{output}")
+    result = json.loads(found.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["failed"] = sum(result["errors"].values())
+    return result
+
+
+def measure(server, connections, duration, *script_args):
+    """One row: wrk against a started server, with its CPU and peak RSS."""
+    cpu_before = cpu_seconds(server.process.pid)
+    result = wrk(server.base, connections, duration, *script_args)
+    result["cpu_s"] = cpu_seconds(server.process.pid) - cpu_before
+    result["rss_mib"] = peak_rss_mib(server.process.pid)
+    return result
+
+
+def warm(url, times=4):
+    for _ in range(times):
+        status, _, body = fetch(url)
+        if status != 200:
+            sys.exit(f"warm-up GET {url}: {status} {body[:200]!r}")
+    return body
+
+
+def uncached(args, workdir, images, photo):
+    rows = []
+    for connections in args.connections:
+        with Progimage(workdir, args.binary) as server:
+            image_id = server.upload(os.path.join(images, photo))
+            warm(f"{server.base}/images/{image_id}/thumbnail/?w=300&q=81")
+            before = server.cache_counts()
+            row = measure(server, connections, args.duration,
+                          "get", f"/images/{image_id}/thumbnail/?w=300&bg={{n}}")
+            after = server.cache_counts()
+            misses = after.get("MISS", 0) - before.get("MISS", 0)
+            hits = after.get("HIT", 0) - before.get("HIT", 0)
+            if hits or misses < row["requests"]:
+                sys.exit(f"progimage uncached run was not all misses: {misses} misses, {hits} hits, "
+                         f"{row['requests']} requests")
+            rows.append(("progimage", connections, row))
+        with Thumbor(workdir, args.peers, images) as server:
+            path = f"/unsafe/300x0/{photo}"
+            warm(server.base + path)
+            rows.append(("thumbor", connections, measure(server, connections, args.duration, "get", path)))
+        with Ipx(workdir, args.peers, images) as server:
+            path = f"/w_300,q_80/{photo}"
+            warm(server.base + path)
+            rows.append(("ipx", connections, measure(server, connections, args.duration, "get", path)))
+    return rows
+
+
+def cached(args, workdir, images, photo):
+    rows = []
+    static = tempfile.mkdtemp(prefix="static-", dir=workdir)
+    for directory in (workdir, static):
+        os.chmod(directory, 0o755)  # nginx's workers run as an unprivileged user
+    for connections in args.connections:
+        with Progimage(workdir, args.binary) as server:
+            image_id = server.upload(os.path.join(images, photo))
+            path = f"/images/{image_id}/thumbnail/?w=300"
+            thumbnail = warm(server.base + path)
+            with open(os.path.join(static, "thumbnail.jpg"), "wb") as out:
+                out.write(thumbnail)
+            rows.append(("progimage", connections, measure(server, connections, args.duration, "get", path)))
+        with Nginx(workdir, static) as server:
+            if warm(server.base + "/thumbnail.jpg") != thumbnail:
+                sys.exit("nginx served other bytes than progimage")
+            rows.append(("nginx", connections,
+                         measure(server, connections, args.duration, "get", "/thumbnail.jpg")))
+    return rows
+
+
+def upload_files(corpus):
+    """The corpus's photos and renders of 1 to 10 MB."""
+    files = []
+    for path in sorted(glob.glob(os.path.join(corpus, "*"))):
+        if re.search(r"\.(jpe?g|mpo|png|webp)$", path) and 1e6 <= os.path.getsize(path) <= 10e6:
+            files.append(path)
+    return files
+
+
+def uploads(args, workdir, files):
+    rows = []
+    for connections in args.connections:
+        with Progimage(workdir, args.binary) as server:
+            server.upload(files[0])
+            row = measure(server, connections, args.duration, "upload", *files)
+        row["cpu_ms_per_mb"] = row["cpu_s"] * 1000 / (row["bytes_sent"] / 1e6)
+        row["baseline_ms_per_mb"] = hash_and_copy_cpu_ms_per_mb(workdir, files, row["requests"])
+        rows.append(("progimage", connections, row))
+    return rows
+
+
+def hash_and_copy_cpu_ms_per_mb(workdir, files, count):
+    """CPU per megabyte of what an upload must at least do, for the same `count` files
+    the server stored: `sha1sum` them, and `cp` them to new files that stay (so the
+    page cache grows as the store's did). One process of each, so start-up hardly
+    counts; the sources are hard links to the photos, in the order wrk sent them."""
+    sources = tempfile.mkdtemp(prefix="sources-", dir=workdir)
+    names = []
+    for index in range(count):
+        name = os.path.join(sources, str(index))
+        os.link(files[(index + 1) % len(files)], name)
+        names.append(name)
+    target = os.path.join(workdir, "copies")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["sha1sum", *names], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cp", "-r", sources, target], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    megabytes = sum(os.path.getsize(name) for name in names) / 1e6
+    shutil.rmtree(sources)
+    shutil.rmtree(target)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu * 1000 / megabytes
+
+
+def table(sections):
+    lines = ["| workload | server | connections | req/s | p50 ms | p99 ms | failed | peak RSS MiB | CPU ms/req |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for workload, rows in sections:
+        for server, connections, row in rows:
+            cpu_per_request = row["cpu_s"] * 1000 / max(row["requests"], 1)
+            lines.append(f"| {workload} | {server} | {connections} | {row['rps']:.0f} | "
+                         f"{row['p50_us'] / 1000:.1f} | {row['p99_us'] / 1000:.1f} | {row['failed']} | "
+                         f"{row['rss_mib']:.0f} | {cpu_per_request:.2f} |")
+    return "\n".join(lines)
+
+
+def targets(sections):
+    """The issue's targets, as ratios within this run."""
+    lines = []
+    for workload, rows in sections:
+        by = {(server, connections): row for server, connections, row in rows}
+        for connections in sorted({connections for _, connections, _ in rows}):
+            ours = by[("progimage", connections)]
+            peers = {server: row for (server, c), row in by.items() if c == connections and server != "progimage"}
+            if workload.startswith("uploads"):
+                baseline = ours["baseline_ms_per_mb"]
+                ratio = ours["cpu_ms_per_mb"] / baseline
+                lines.append(f"- {workload}, {connections} conn: {ours['cpu_ms_per_mb']:.2f} CPU ms/MB, "
+                             f"{ratio:.2f}x of sha1sum + cp of the same files ({baseline:.2f} ms/MB; target < 1) "
+                             f"{'✓' if ratio < 1 else '✗'}")
+            elif "nginx" in peers:
+                ratio = ours["rps"] / peers["nginx"]["rps"]
+                lines.append(f"- {workload}, {connections} conn: {ratio:.2f}x nginx's req/s (target ≥ 0.8) "
+                             f"{'✓' if ratio >= 0.8 else '✗'}")
+            else:
+                best_name, best = max(peers.items(), key=lambda item: item[1]["rps"])
+                ratio = ours["rps"] / best["rps"]
+                met = ratio >= 2 and ours["p99_us"] < best["p50_us"]
+                lines.append(f"- {workload}, {connections} conn: {ratio:.2f}x {best_name}'s req/s (target ≥ 2), "
+                             f"p99 {ours['p99_us'] / 1000:.1f} ms vs its p50 {best['p50_us'] / 1000:.1f} ms "
+                             f"{'✓' if met else '✗'}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
+    parser.add_argument("--connections", default="1,4,16",
+                        type=lambda text: [int(part) for part in text.split(",")])
+    parser.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus"))
+    parser.add_argument("--peers", default=os.path.join(ROOT, "target", "bench-peers"))
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "progimage"))
+    parser.add_argument("--write", help="write the table into this markdown file")
+    args = parser.parse_args()
+    args.peers, args.binary = os.path.abspath(args.peers), os.path.abspath(args.binary)
+
+    files = upload_files(args.corpus)
+    if not files or not all(os.path.exists(os.path.join(args.corpus, photo)) for photo in PHOTOS):
+        sys.exit(f"the corpus at {args.corpus} lacks {PHOTOS} or photos of 1-10 MB")
+    with tempfile.TemporaryDirectory(prefix="progimage-http-") as workdir:
+        images = os.path.join(workdir, "images")
+        os.mkdir(images)
+        for photo in PHOTOS:
+            shutil.copy(os.path.join(args.corpus, photo), images)
+        files = [shutil.copy(path, images) for path in files]
+        sections = []
+        for photo in PHOTOS:
+            sections.append((f"uncached 300 px thumbnail, {photo}", uncached(args, workdir, images, photo)))
+            print(table(sections[-1:]), flush=True)
+        sections.append((f"cached thumbnail GET ({PHOTOS[0]})", cached(args, workdir, images, PHOTOS[0])))
+        print(table(sections[-1:]), flush=True)
+        sizes = ", ".join(f"{os.path.getsize(path) / 1e6:.1f}" for path in files)
+        sections.append((f"uploads ({len(files)} photos of {sizes} MB)", uploads(args, workdir, files)))
+
+    body = (f"{datetime.date.today()}, commit {report.commit()}, {report.machine()}; "
+            f"{args.duration} s per row, wrk on the same machine.\n"
+            f"Command: `bench/http.sh --duration {args.duration} --write BENCHMARKS.md`\n\n"
+            f"{table(sections)}\n\nTargets, as ratios within this run:\n\n{targets(sections)}\n")
+    print("\n" + body)
+    if args.write:
+        report.write_section(args.write, "Under load: progimage, thumbor, ipx and nginx over HTTP", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+//! The hot cache: recently served transform results and the formats of their sources,
+//! in memory, so that a popular thumbnail is answered without touching the store.
+//!
+//! Everything it holds is immutable by construction: an image id is the hash of its
+//! bytes, so its format never changes, and a derived object is a pure function of the
+//! id and its cache key. Nothing can go stale except through a delete. A delete here
+//! forgets the id's format, and every transform request looks the format up first,
+//! so the store then answers 404. A delete on another instance sharing the store is
+//! not seen: that instance's deleted thumbnails stay servable here until evicted,
+//! which is no worse than the year-long `Cache-Control: immutable` every CDN and
+//! browser already holds them under.
+//!
+//! Results are weighed by their length against `hot_cache_bytes`; one larger than
+//! 1/64 of it is not kept (a 50 MP PNG conversion would flush everything else).
+//! Eviction is quick_cache's CLOCK-Pro, which keeps one-off requests from pushing
+//! out the thumbnails asked for again and again.
+
+use bytes::Bytes;
+use object_store::path::Path;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use crate::engine::Format;
+use crate::store::ImageId;
+
+/// Source formats remembered at most (each entry is a few dozen bytes).
+const FORMATS: usize = 65_536;
+/// A guess at the typical result, to size the table: a thumbnail.
+const TYPICAL_RESULT: u64 = 16 * 1024;
+
+pub struct HotCache {
+    formats: Cache<ImageId, Format>,
+    results: Option<Cache<Path, Bytes, ByLength>>,
+    largest: u64,
+}
+
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<Path, Bytes> for ByLength {
+    fn weight(&self, _path: &Path, bytes: &Bytes) -> u64 {
+        bytes.len() as u64
+    }
+}
+
+impl HotCache {
+    /// A cache holding up to `bytes` of results; 0 keeps none (formats are still
+    /// remembered: they cost next to nothing and save a sidecar read per request).
+    pub fn new(bytes: u64) -> Self {
+        let results = (bytes > 0).then(|| {
+            let items = (bytes / TYPICAL_RESULT).clamp(16, 1 << 20) as usize;
+            Cache::with_weighter(items, bytes, ByLength)
+        });
+        Self {
+            formats: Cache::new(FORMATS),
+            results,
+            largest: bytes / 64,
+        }
+    }
+
+    pub fn format(&self, id: &ImageId) -> Option<Format> {
+        self.formats.get(id)
+    }
+
+    pub fn remember_format(&self, id: &ImageId, format: Format) {
+        self.formats.insert(id.clone(), format);
+    }
+
+    /// The stored result at `path`, if it was served lately.
+    pub fn result(&self, path: &Path) -> Option<Bytes> {
+        self.results.as_ref()?.get(path)
+    }
+
+    /// Whether a result of `length` bytes would be kept.
+    pub fn would_keep(&self, length: u64) -> bool {
+        self.results.is_some() && length > 0 && length <= self.largest
+    }
+
+    pub fn remember_result(&self, path: &Path, bytes: &Bytes) {
+        if let Some(results) = &self.results {
+            if self.would_keep(bytes.len() as u64) {
+                results.insert(path.clone(), bytes.clone());
+            }
+        }
+    }
+
+    /// Forgets a deleted image: its format, and with it the way to its results.
+    pub fn forget(&self, id: &ImageId) {
+        self.formats.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(digit: char) -> ImageId {
+        ImageId::parse(&digit.to_string().repeat(40)).unwrap()
+    }
+
+    #[test]
+    fn keeps_results_up_to_a_sixty_fourth_of_its_size() {
+        let hot = HotCache::new(64 * 1024);
+        let small = Path::from("a/a/small");
+        let large = Path::from("a/a/large");
+        hot.remember_result(&small, &Bytes::from(vec![1; 1024]));
+        hot.remember_result(&large, &Bytes::from(vec![1; 1025]));
+        assert_eq!(hot.result(&small).map(|b| b.len()), Some(1024));
+        assert!(hot.result(&large).is_none());
+    }
+
+    #[test]
+    fn holds_no_more_than_its_size() {
+        let hot = HotCache::new(64 * 1024);
+        for n in 0..1000 {
+            hot.remember_result(&Path::from(format!("r{n}")), &Bytes::from(vec![0; 1000]));
+        }
+        let held = (0..1000)
+            .filter(|n| hot.result(&Path::from(format!("r{n}"))).is_some())
+            .count();
+        assert!(held > 0 && held <= 65, "{held} results of 1000 bytes held");
+    }
+
+    #[test]
+    fn zero_bytes_keeps_no_results_but_remembers_formats() {
+        let hot = HotCache::new(0);
+        let path = Path::from("a/a/x");
+        hot.remember_result(&path, &Bytes::from_static(b"x"));
+        assert!(hot.result(&path).is_none());
+        hot.remember_format(&id('a'), Format::Png);
+        assert_eq!(hot.format(&id('a')), Some(Format::Png));
+    }
+
+    #[test]
+    fn forgetting_an_image_drops_its_format() {
+        let hot = HotCache::new(1024);
+        hot.remember_format(&id('b'), Format::Jpeg);
+        hot.forget(&id('b'));
+        assert_eq!(hot.format(&id('b')), None);
+    }
+}

@@ -122,6 +122,13 @@ class Server:
     def command(self):
         raise NotImplementedError
 
+    def write_file(self, name, text):
+        """Writes a configuration file into the work directory; its path."""
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as out:
+            out.write(text)
+        return path
+
     def ready_path(self):
         return "/"
 
@@ -198,14 +205,13 @@ class Thumbor(Server):
     def __init__(self, workdir, peers, images):
         super().__init__(workdir)
         self.executable = os.path.join(peers, "thumbor", "bin", "thumbor")
-        self.conf = os.path.join(workdir, "thumbor.conf")
-        with open(self.conf, "w") as conf:
-            conf.write(f"LOADER = 'thumbor.loaders.file_loader'\n"
-                       f"FILE_LOADER_ROOT_PATH = {images!r}\n"
-                       "STORAGE = 'thumbor.storages.no_storage'\n"
-                       "RESULT_STORAGE = None\n"
-                       "QUALITY = 80\n"
-                       "ALLOW_UNSAFE_URL = True\n")
+        self.conf = self.write_file("thumbor.conf",
+                                    "LOADER = 'thumbor.loaders.file_loader'\n"
+                                    f"FILE_LOADER_ROOT_PATH = {images!r}\n"
+                                    "STORAGE = 'thumbor.storages.no_storage'\n"
+                                    "RESULT_STORAGE = None\n"
+                                    "QUALITY = 80\n"
+                                    "ALLOW_UNSAFE_URL = True\n")
 
     def command(self):
         processes = str(os.cpu_count())
@@ -234,15 +240,14 @@ class Nginx(Server):
 
     def __init__(self, workdir, root):
         super().__init__(workdir)
-        self.conf = os.path.join(workdir, "nginx.conf")
-        with open(self.conf, "w") as conf:
-            conf.write(f"daemon off;\nworker_processes auto;\npid {workdir}/nginx.pid;\n"
-                       f"error_log {workdir}/nginx-error.log;\n"
-                       "events { worker_connections 1024; }\n"
-                       "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
-                       "  types { image/jpeg jpg; }\n"
-                       f"  client_body_temp_path {workdir}/nginx-body;\n"
-                       f"  server {{ listen 127.0.0.1:{self.port}; root {root}; }}\n}}\n")
+        self.conf = self.write_file("nginx.conf",
+                                    f"daemon off;\nworker_processes auto;\npid {workdir}/nginx.pid;\n"
+                                    f"error_log {workdir}/nginx-error.log;\n"
+                                    "events { worker_connections 1024; }\n"
+                                    "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
+                                    "  types { image/jpeg jpg; }\n"
+                                    f"  client_body_temp_path {workdir}/nginx-body;\n"
+                                    f"  server {{ listen 127.0.0.1:{self.port}; root {root}; }}\n}}\n")
 
     def command(self):
         return ["nginx", "-c", self.conf, "-p", self.workdir]

@@ -595,7 +595,7 @@ impl Service {
         spec: Arc<TransformSpec>,
         mut memory: Reservation,
     ) -> Result<Rendered> {
-        let needed = self.engine.working_memory(&source) + source.len() as u64;
+        let needed = self.engine.working_memory(&source, &spec) + source.len() as u64;
         if memory.bytes() == 0 {
             memory = self.memory.reserve(needed).await?;
         } else {
@@ -719,11 +719,17 @@ impl Service {
                 width: Some(width),
                 height: Some(height),
                 bytes: Some(bytes),
+                format: Some(format),
                 ..
-            }) => {
-                let pixels = u64::from(width) * u64::from(height);
-                self.memory.reserve(pixels * 8 + bytes).await?
-            }
+            }) => match Format::from_name(&format) {
+                Some(format) => {
+                    let working = self
+                        .engine
+                        .estimated_memory(format, (width, height), None, spec);
+                    self.memory.reserve(working + bytes).await?
+                }
+                None => Reservation::none(),
+            },
             _ => Reservation::none(),
         };
         let source = self.read_blob(id).await?;

@@ -122,12 +122,7 @@ async fn delete_removes_the_blob_its_sidecar_and_every_transform(backend: Backen
     }
     assert_eq!(server.stored_files().await.len(), 6);
 
-    let deleted = server
-        .client
-        .delete(server.url(&format!("/images/{id}/")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = server.delete(&format!("/images/{id}/")).await;
     assert_eq!(deleted.status(), 204);
     assert!(deleted.bytes().await.unwrap().is_empty());
     let kept_id = sha1_hex(&kept);
@@ -141,12 +136,7 @@ async fn delete_removes_the_blob_its_sidecar_and_every_transform(backend: Backen
     }
     assert_eq!(page(&server, "").await.0, vec![kept_id]);
 
-    let again = server
-        .client
-        .delete(server.url(&format!("/images/{id}/")))
-        .send()
-        .await
-        .unwrap();
+    let again = server.delete(&format!("/images/{id}/")).await;
     assert_eq!(again.status(), 404);
     let body: serde_json::Value = again.json().await.unwrap();
     assert_eq!(body["error"]["code"], "image_not_found");
@@ -167,13 +157,7 @@ async fn a_read_racing_a_delete_gets_the_whole_image_or_a_404(backend: Backend) 
     });
     let delete = async {
         tokio::task::yield_now().await;
-        server
-            .client
-            .delete(server.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .status()
+        server.delete(&path).await.status()
     };
     let (reads, deleted) = tokio::join!(join_all(reads), delete);
     assert_eq!(deleted, 204);

@@ -192,7 +192,8 @@ async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
 /// A lease left by an instance that died while computing: the next request waits for
 /// it to expire, then computes the transform itself and clears the lease.
 async fn a_crashed_holders_lease_delays_others_only_until_it_expires(backend: Backend) {
-    let server = TestServer::on(backend).await;
+    // No hot cache: the server must see the store as a fresh instance would.
+    let server = TestServer::on_with(backend, |s| s.hot_cache_bytes = 0).await;
     let id = server.upload_id(&noise_png(64, 64)).await;
     let path = format!("/images/{id}/thumbnail/");
     assert_eq!(server.get(&path).await.headers()["x-cache"], "MISS");

@@ -353,12 +353,7 @@ async fn served_results_stay_in_memory_until_their_image_is_deleted(backend: Bac
         "a hit from memory must not have touched the store"
     );
 
-    let deleted = server
-        .client
-        .delete(server.url(&format!("/images/{id}/")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = server.delete(&format!("/images/{id}/")).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let gone = server.get(&path).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);

@@ -224,18 +224,52 @@ impl Engine {
         })
     }
 
-    /// The most memory a transform of `bytes` holds at once, from the header: a decoded
-    /// RGBA copy and one working copy (shrink-on-load often needs less; this is the
-    /// reservation, not the use). 0 for a header that does not parse: decoding will
-    /// refuse it before allocating anything.
-    pub fn working_memory(&self, bytes: &[u8]) -> u64 {
+    /// The most memory running `spec` on `bytes` holds at once, from the header (see
+    /// [`Engine::estimated_memory`]). 0 for a header that does not parse: decoding
+    /// will refuse it before allocating anything.
+    pub fn working_memory(&self, bytes: &[u8], spec: &TransformSpec) -> u64 {
+        let Some(format) = Format::sniff(bytes) else {
+            return 0;
+        };
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .ok()
             .and_then(|reader| reader.into_dimensions().ok())
-            .map_or(0, |(width, height)| {
-                u64::from(width) * u64::from(height) * 8
+            .map_or(0, |size| {
+                let progressive = format == Format::Jpeg && decode::is_progressive_jpeg(bytes);
+                self.estimated_memory(format, size, Some(progressive), spec)
             })
+    }
+
+    /// The memory budget's estimate for running `spec` on a `format` image of `size`
+    /// (as stored): the decoded image after shrink-on-load and the largest image a step
+    /// makes, 8 bytes a pixel each (an RGBA copy and a working copy), and for a
+    /// progressive JPEG libjpeg's whole-image coefficients (3 bytes a pixel at 4:2:0;
+    /// 6 counted, for 4:4:4). `progressive: None` (not known yet) counts them for any
+    /// JPEG. The EXIF orientation is not known here either, so both are assumed and
+    /// the larger taken. A reservation, not a measurement: it errs high.
+    pub fn estimated_memory(
+        &self,
+        format: Format,
+        (width, height): (u32, u32),
+        progressive: Option<bool>,
+        spec: &TransformSpec,
+    ) -> u64 {
+        let pipeline = &spec.pipeline;
+        let decoded = |upright: (u32, u32), turned: bool| {
+            let needed = match pipeline.plan(upright, u64::MAX) {
+                Ok(needed) => needed.map(|(w, h)| if turned { (h, w) } else { (w, h) }),
+                Err(_) => None,
+            };
+            decode::decoded_pixels(format, (width, height), needed)
+                + pipeline.largest_output(upright)
+        };
+        let pixels = decoded((width, height), false).max(decoded((height, width), true));
+        let coefficients = match (format, progressive) {
+            (Format::Jpeg, Some(true) | None) => u64::from(width) * u64::from(height) * 6,
+            _ => 0,
+        };
+        pixels * 8 + coefficients
     }
 
     /// Identifies and checks an image from its header (see [`probe::probe`]).
@@ -296,6 +330,31 @@ mod tests {
     fn spec(path: &str, pairs: &[(&str, &str)]) -> Result<TransformSpec> {
         let query = crate::engine::params::owned(pairs);
         TransformSpec::parse(path, &query, &Presets::default(), None)
+    }
+
+    #[test]
+    fn memory_estimates_count_shrink_on_load_and_progressive_coefficients() {
+        let engine = Engine::new(Limits::default(), Presets::default());
+        let camera = (3648, 2736);
+        let thumbnail = spec("thumbnail", &[("w", "300")]).unwrap();
+        let baseline = engine.estimated_memory(Format::Jpeg, camera, Some(false), &thumbnail);
+        // Decoded at 1/8 (456x342) either way up, then a thumbnail of 300x225 or, if
+        // the EXIF turns it, 300x400: 8 bytes a pixel each, the larger counted.
+        assert_eq!(baseline, (456 * 342 + 300 * 400) * 8);
+
+        let full = u64::from(camera.0) * u64::from(camera.1);
+        let progressive = engine.estimated_memory(Format::Jpeg, camera, Some(true), &thumbnail);
+        assert_eq!(progressive, baseline + full * 6);
+        let unknown = engine.estimated_memory(Format::Jpeg, camera, None, &thumbnail);
+        assert_eq!(unknown, progressive, "unknown counts as progressive");
+
+        // PNG has no shrink-on-load: the whole image is decoded.
+        let png = engine.estimated_memory(Format::Png, camera, None, &thumbnail);
+        assert!(png >= full * 8, "{png}");
+        // A resize barely smaller than the image cannot shrink on load either.
+        let big = spec("resize", &[("w", "3000")]).unwrap();
+        let large = engine.estimated_memory(Format::Jpeg, (4000, 3000), Some(false), &big);
+        assert!(large >= 4000 * 3000 * 8, "{large}");
     }
 
     #[test]

@@ -166,9 +166,7 @@ impl Pipeline {
     /// Checks, from the upright input size alone, that no step would produce more than
     /// `max_output_pixels`, and returns how far the decoder may shrink on load.
     pub fn plan(&self, input: (u32, u32), max_output_pixels: u64) -> Result<Option<(u32, u32)>> {
-        let mut size = input;
-        for step in &self.steps {
-            size = step.output_size(size);
+        for (step, size) in self.steps.iter().zip(self.output_sizes(input)) {
             let pixels = u64::from(size.0) * u64::from(size.1);
             if pixels > max_output_pixels {
                 return Err(Error::too_large(
@@ -183,6 +181,22 @@ impl Pipeline {
             }
         }
         Ok(self.steps.first().and_then(|step| step.shrink_hint(input)))
+    }
+
+    /// The most pixels any step outputs, from an `input`-sized image.
+    pub fn largest_output(&self, input: (u32, u32)) -> u64 {
+        self.output_sizes(input)
+            .map(|(width, height)| u64::from(width) * u64::from(height))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The size each step outputs, in order, from an `input`-sized image.
+    fn output_sizes(&self, input: (u32, u32)) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.steps.iter().scan(input, |size, step| {
+            *size = step.output_size(*size);
+            Some(*size)
+        })
     }
 
     /// Runs every step in order.

@@ -187,6 +187,10 @@ impl TestServer {
     }
 
     /// GETs `path` and decodes the body as an image.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn get_image(&self, path: &str) -> DynamicImage {
         decode(&self.get(path).await.bytes().await.unwrap())
     }

@@ -109,7 +109,7 @@ fn decode_unguarded(
 
 /// The smallest DCT scale (n/8, n in 1, 2, 4, 8) that keeps the image at least
 /// [`SHRINK_MARGIN`] times `needed` on both sides.
-fn dct_scale(full: (u32, u32), needed: (u32, u32)) -> u8 {
+pub(super) fn dct_scale(full: (u32, u32), needed: (u32, u32)) -> u8 {
     [1u8, 2, 4]
         .into_iter()
         .find(|&n| {

@@ -33,6 +33,28 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 /// time for +1 dB (see DECISIONS.md).
 const SHRINK_MARGIN: u32 = 1;
 
+/// How many pixels decoding a `format` image of `full` (stored) size yields when the
+/// pipeline needs `needed` (stored orientation): JPEG shrinks by 1/2, 1/4 or 1/8 in
+/// the IDCT, WebP to any size; the rest decode at full size.
+pub fn decoded_pixels(format: Format, full: (u32, u32), needed: Option<(u32, u32)>) -> u64 {
+    let size = match (format, needed) {
+        (Format::Jpeg, Some(needed)) => {
+            let eighths = u32::from(jpeg::dct_scale(full, needed));
+            let scaled = |side: u32| (side * eighths).div_ceil(8);
+            (scaled(full.0), scaled(full.1))
+        }
+        (Format::WebP, Some(needed)) => (needed.0.min(full.0), needed.1.min(full.1)),
+        _ => full,
+    };
+    u64::from(size.0) * u64::from(size.1)
+}
+
+/// Whether a JPEG is progressive: libjpeg then buffers every coefficient of the
+/// image before it can scale, whatever the shrink-on-load.
+pub fn is_progressive_jpeg(bytes: &[u8]) -> bool {
+    progressive::is_progressive(bytes)
+}
+
 /// Decodes a probed image and turns it upright. `plan` receives the upright size and
 /// returns the smallest size the pipeline needs (`None`: full size), or an error.
 pub fn decode(

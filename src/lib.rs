@@ -30,6 +30,7 @@
 //! - [`signing`]: signed transform URLs (HMAC-SHA256), for the server and `progimage sign`.
 //! - [`metrics`]: the counters and histograms `GET /metrics` reports.
 //! - [`hot`]: recently served transform results in memory, in front of the store.
+//! - [`logs`]: log lines to stderr in batches, off the request path.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
@@ -40,6 +41,7 @@ pub mod error;
 pub mod fetch;
 pub mod hot;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod migrate;
 pub mod service;

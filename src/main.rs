@@ -142,14 +142,8 @@ impl Common {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    // Log lines are formatted on the thread that logs and written by a thread of
-    // their own, in batches: one write per request on the request's worker cost
-    // a third of the throughput of cached reads. Not lossy: a full queue (128k
-    // lines) makes loggers wait rather than drop lines.
-    let (writer, flush_logs) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("progimage-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    // Log lines are written in batches by a thread of their own (see `logs`).
+    let (writer, flush_logs) = progimage::logs::BatchedStderr::start();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

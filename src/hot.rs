@@ -84,6 +84,11 @@ impl HotCache {
         }
     }
 
+    /// Bytes of results held now.
+    pub fn held_bytes(&self) -> u64 {
+        self.results.as_ref().map_or(0, |results| results.weight())
+    }
+
     /// Forgets a deleted image: its format, and with it the way to its results.
     pub fn forget(&self, id: &ImageId) {
         self.formats.remove(id);

@@ -55,6 +55,7 @@ pub struct Metrics {
     bytes_received: Counter,
     bytes_sent: Counter,
     in_flight: Gauge,
+    hot_cache: Gauge,
 }
 
 /// Buckets from 1 ms to about 33 s, doubling.
@@ -73,6 +74,7 @@ impl Default for Metrics {
         let bytes_received = Counter::default();
         let bytes_sent = Counter::default();
         let in_flight = Gauge::default();
+        let hot_cache = Gauge::default();
         registry.register(
             "http_requests",
             "Requests answered, by route, method and status",
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "Requests being handled now",
             in_flight.clone(),
         );
+        registry.register(
+            "hot_cache_bytes",
+            "Bytes of transform results held in memory (at most hot_cache_bytes)",
+            hot_cache.clone(),
+        );
         Self {
             registry,
             requests,
@@ -123,6 +130,7 @@ impl Default for Metrics {
             bytes_received,
             bytes_sent,
             in_flight,
+            hot_cache,
         }
     }
 }
@@ -170,6 +178,11 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight(&self.in_flight)
+    }
+
+    /// The hot cache's size now (set when the metrics are read).
+    pub fn hot_cache_size(&self, bytes: u64) {
+        self.hot_cache.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self) -> String {

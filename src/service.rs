@@ -279,6 +279,12 @@ impl Service {
         })
     }
 
+    /// The metrics in their text form, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.hot_cache_size(self.hot.held_bytes());
+        self.metrics.render()
+    }
+
     /// The metrics this service and its HTTP face record.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

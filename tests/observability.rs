@@ -106,6 +106,10 @@ async fn metrics_count_requests_cache_results_transforms_bytes_and_rejections() 
         2.0,
     );
     expect("progimage_http_requests_in_flight", 1.0);
+    // The one thumbnail computed is held in memory, byte for byte.
+    let thumbnail = server.get(&format!("/images/{id}/thumbnail/?w=10")).await;
+    let held = thumbnail.bytes().await.unwrap().len() as f64;
+    expect("progimage_hot_cache_bytes", held);
     expect("progimage_http_received_bytes_total", bytes.len() as f64);
     assert!(sample(&text, "progimage_http_sent_bytes_total").unwrap() > 0.0);
     assert!(text.trim_end().ends_with("# EOF"));

@@ -169,7 +169,7 @@ impl App {
             Route::OpenApi => Ok(response::static_json(OPENAPI)),
             Route::Metrics => Ok(response::text(
                 crate::metrics::CONTENT_TYPE,
-                self.service.metrics().render(),
+                self.service.render_metrics(),
             )),
             Route::Upload => {
                 let upload =

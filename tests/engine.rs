@@ -337,11 +337,8 @@ async fn every_output_format_is_what_it_says(backend: Backend) {
         assert!(is_red(&image, 5, 15) && is_blue(&image, 35, 15), "{format}");
     }
     let lossless = server
-        .get(&format!("/images/{id}/convert/?format=webp&lossless=true"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+        .get_bytes(&format!("/images/{id}/convert/?format=webp&lossless=true"))
+        .await;
     assert_eq!(&lossless[12..16], b"VP8L");
     assert_eq!(
         decode(&lossless).to_rgb8(),

@@ -348,13 +348,5 @@ async fn a_failing_store_is_503_and_the_service_recovers() {
     // Put the directory back: the same server answers again, no restart needed.
     std::fs::remove_file(&root).unwrap();
     std::fs::rename(&aside, &root).unwrap();
-    assert_eq!(
-        server
-            .get(&format!("/images/{id}/"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(server.get_bytes(&format!("/images/{id}/")).await, bytes);
 }

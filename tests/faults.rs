@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::s3::{S3Proxy, S3Server};
 use common::{
-    assert_consistent, noise_png, on_shared_stores, sha1_hex, Backend, SharedStore, TestServer,
+    assert_consistent, assert_retry_later, noise_png, on_shared_stores, sha1_hex, Backend,
+    SharedStore, TestServer,
 };
 use futures::future::join_all;
 use futures::StreamExt;
@@ -41,9 +42,7 @@ async fn an_unreachable_s3_store_is_a_503_and_the_service_recovers() {
         started.elapsed()
     );
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
-    let error: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "store_unavailable");
+    assert_retry_later(response, "store_unavailable").await;
 
     let ready = server.get("/readyz").await;
     assert_eq!(ready.status(), 503);

@@ -37,15 +37,7 @@ async fn original_is_returned_byte_for_byte_with_its_own_content_type(backend: B
     assert_eq!(response.bytes().await.unwrap(), bytes);
 
     // Without the trailing slash too.
-    assert_eq!(
-        server
-            .get(&format!("/images/{id}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(server.get_bytes(&format!("/images/{id}")).await, bytes);
 }
 
 async fn head_gives_the_headers_without_a_body(backend: Backend) {

@@ -48,12 +48,7 @@ async fn migrate_copies_a_directory_store_into_a_bucket_and_resumes() {
         source.upload(image).await;
     }
     let id = sha1_hex(&images[0]);
-    let thumbnail = source
-        .get(&format!("/images/{id}/thumbnail/"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let thumbnail = source.get_bytes(&format!("/images/{id}/thumbnail/")).await;
     let objects = source.stored_files().await;
     assert_eq!(objects.len(), 5, "two blobs, two sidecars, one transform");
 

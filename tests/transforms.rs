@@ -52,11 +52,8 @@ async fn thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format(backend: 
         ("w=200&h=50", (67, 50)),
     ] {
         let body = server
-            .get(&format!("/images/{id}/thumbnail/?{query}"))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+            .get_bytes(&format!("/images/{id}/thumbnail/?{query}"))
+            .await;
         let thumb = decode(&body);
         assert_eq!((thumb.width(), thumb.height()), expected, "{query}");
     }
@@ -188,11 +185,8 @@ async fn exif_orientation_is_applied_before_anything_else(backend: Backend) {
     // The output carries no orientation tag, so viewers do not rotate it again.
     let mut decoder = image::ImageReader::new(std::io::Cursor::new(
         server
-            .get(&format!("/images/{id}/thumbnail/"))
+            .get_bytes(&format!("/images/{id}/thumbnail/"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .to_vec(),
     ))
     .with_guessed_format()
@@ -371,7 +365,7 @@ async fn a_result_read_from_the_store_is_kept_in_memory(backend: Backend) {
     let computing = TestServer::on(backend).await;
     let id = computing.upload_id(&png(300, 200)).await;
     let path = format!("/images/{id}/thumbnail/?w=60");
-    let computed = computing.get(&path).await.bytes().await.unwrap();
+    let computed = computing.get_bytes(&path).await;
 
     let store_url = computing.store_url.clone();
     let reading = TestServer::on_with(backend, |s| s.store = store_url).await;

@@ -191,8 +191,13 @@ impl TestServer {
         self.client.delete(self.url(path)).send().await.unwrap()
     }
 
+    /// GETs `path` and returns the body, whatever the status.
+    pub async fn get_bytes(&self, path: &str) -> bytes::Bytes {
+        self.get(path).await.bytes().await.unwrap()
+    }
+
     pub async fn get_image(&self, path: &str) -> DynamicImage {
-        decode(&self.get(path).await.bytes().await.unwrap())
+        decode(&self.get_bytes(path).await)
     }
 
     /// GETs `path` and parses the body as JSON.
@@ -467,4 +472,11 @@ pub fn is_red(image: &DynamicImage, x: u32, y: u32) -> bool {
 pub fn is_blue(image: &DynamicImage, x: u32, y: u32) -> bool {
     let [r, _, b] = image.to_rgb8().get_pixel(x, y).0;
     b > 150 && r < 100
+}
+
+/// Checks a "come back later" answer: `Retry-After: 1` and the JSON error `code`.
+pub async fn assert_retry_later(response: reqwest::Response, code: &str) {
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], code);
 }

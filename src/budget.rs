@@ -51,17 +51,15 @@ impl MemoryBudget {
         if let Ok(permit) = Arc::clone(&self.permits).try_acquire_many_owned(units) {
             return Ok(Reservation::holding(permit));
         }
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        let acquired = if waiting >= self.max_waiting {
-            Err(busy())
-        } else {
-            Arc::clone(&self.permits)
-                .acquire_many_owned(units)
-                .await
-                .map_err(|_| Error::internal("the memory budget is closed"))
-        };
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        acquired.map(Reservation::holding)
+        let _waiting = Waiting::enter(&self.waiting);
+        if self.waiting.load(Ordering::SeqCst) > self.max_waiting {
+            return Err(busy());
+        }
+        Arc::clone(&self.permits)
+            .acquire_many_owned(units)
+            .await
+            .map(Reservation::holding)
+            .map_err(|_| Error::internal("the memory budget is closed"))
     }
 
     /// Grows `reservation` to `total` bytes (or the whole budget, if less) if the
@@ -94,6 +92,23 @@ impl MemoryBudget {
 
     fn units(&self, bytes: u64) -> u32 {
         (bytes.div_ceil(UNIT).max(1)).min(u64::from(self.capacity)) as u32
+    }
+}
+
+/// Counts a waiter while it lives, so that a request cancelled mid-wait (its client
+/// gone) is not counted as waiting for ever.
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -149,6 +164,29 @@ mod tests {
         assert_eq!(waiter.await.unwrap().unwrap(), 5 * UNIT);
         // Larger than the whole budget: all of it, alone.
         assert_eq!(budget.reserve(100 * UNIT).await.unwrap().bytes(), 10 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_mid_wait_stops_counting() {
+        let budget = Arc::new(MemoryBudget::new(4 * UNIT, 1));
+        let held = budget.reserve(4 * UNIT).await.unwrap();
+        let waiter = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move { budget.reserve(UNIT).await.map(|r| r.bytes()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 1);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 0);
+        // So the one place in the queue is free again.
+        let again = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move { budget.reserve(UNIT).await.map(|r| r.bytes()) })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        assert_eq!(again.await.unwrap().unwrap(), UNIT);
     }
 
     #[tokio::test]

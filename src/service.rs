@@ -24,7 +24,7 @@ use object_store::path::Path;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::budget::{MemoryBudget, Reservation};
+use crate::budget::{MemoryBudget, Reservation, Waiting};
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
@@ -838,22 +838,6 @@ impl Service {
         };
         self.hot.remember_format(id, format);
         Ok(format)
-    }
-}
-
-/// Counts a job among the waiting while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Self(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

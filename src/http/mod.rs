@@ -158,10 +158,11 @@ impl App {
 
     async fn route(&self, route: Route, request: Request<Incoming>) -> Result<Response<Body>> {
         let (parts, body) = request.into_parts();
-        let caller = self.access.authorize(&parts.headers, route.need())?;
         let metrics = Arc::clone(self.service.metrics());
+        // Wrapped first, so that a refusal (401 included) lingers on the unread body.
         let chunks = slow::with_idle_timeout(body, self.body_idle)
             .inspect_ok(move |chunk| metrics.received(chunk.len() as u64));
+        let caller = self.access.authorize(&parts.headers, route.need())?;
         let head_only = parts.method == Method::HEAD;
         let range = response::requested_range(&parts.headers);
         match route {

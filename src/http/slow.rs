@@ -69,6 +69,10 @@ impl From<BodyError> for Error {
 /// [`LINGER_BYTES`] or [`LINGER_TIME`], as nginx's lingering close does: a client
 /// still sending would otherwise get a connection reset instead of the answer.
 pub fn with_idle_timeout(body: Incoming, idle: Duration) -> RequestBody {
+    // Most requests (GET, HEAD, DELETE) have no body: nothing to time or linger on.
+    if hyper::body::Body::is_end_stream(&body) {
+        return RequestBody { chunks: None };
+    }
     let chunks = body.into_data_stream();
     let stream = futures::stream::unfold(Some(chunks), move |state| async move {
         let mut chunks = state?;

@@ -92,7 +92,7 @@ struct Serve {
     /// Base URL for Location headers, when behind a proxy.
     #[arg(long, env = "PROGIMAGE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Transform jobs at once (0: one per core).
+    /// Transform jobs at once (0: one per core, plus one).
     #[arg(long, env = "PROGIMAGE_TRANSFORM_WORKERS")]
     transform_workers: Option<usize>,
 }

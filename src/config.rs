@@ -228,7 +228,37 @@ impl Settings {
             None => Self::default(),
         };
         settings.apply(overrides);
+        settings.check()?;
         Ok(settings)
+    }
+
+    /// Refuses limits of 0 where 0 cannot mean anything useful: no connection would
+    /// ever be served, every body would time out at once, and so on.
+    fn check(&self) -> Result<()> {
+        let limits = &self.limits;
+        let zero = [
+            ("limits.max_connections", limits.max_connections as u64),
+            (
+                "limits.header_read_timeout_secs",
+                limits.header_read_timeout_secs,
+            ),
+            (
+                "limits.body_read_timeout_secs",
+                limits.body_read_timeout_secs,
+            ),
+            ("limits.write_timeout_secs", limits.write_timeout_secs),
+            ("limits.max_upload_bytes", limits.max_upload_bytes),
+            ("limits.memory_budget_bytes", limits.memory_budget_bytes),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value == 0);
+        match zero {
+            Some((name, _)) => Err(Error::bad_request(
+                "config_invalid",
+                format!("{name} must be more than 0"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Parses a TOML settings file; unknown keys are an error, missing keys default.
@@ -325,6 +355,17 @@ mod tests {
         .unwrap();
         assert_eq!(settings.store, "memory://");
         assert_eq!(settings.limits.max_upload_bytes, 10);
+    }
+
+    #[test]
+    fn limits_of_zero_that_would_stop_the_server_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[limits]\nmax_connections = 0\n").unwrap();
+        let err = Settings::load(Some(&path), Overrides::default()).unwrap_err();
+        assert!(err.message.contains("limits.max_connections"), "{err}");
+        std::fs::write(&path, "[limits]\nmax_connections = 1\n").unwrap();
+        assert!(Settings::load(Some(&path), Overrides::default()).is_ok());
     }
 
     #[test]

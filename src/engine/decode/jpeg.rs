@@ -4,7 +4,7 @@ use image::metadata::Orientation;
 use image::DynamicImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{progressive, upright, SHRINK_MARGIN};
+use super::{baseline, progressive, upright, SHRINK_MARGIN};
 use crate::engine::color;
 use crate::error::{Error, Result};
 
@@ -57,10 +57,12 @@ fn decode_unguarded(
         None => 8,
     };
     decompress.scale(scale);
-    // At 1/8 a progressive JPEG needs only its DC scans (see progressive.rs).
-    let dc_only = match scale == 1 && progressive::is_progressive(bytes) {
-        true => progressive::decode_dc(bytes)?,
-        false => None,
+    // At 1/8 scale only DC coefficients matter: a progressive JPEG stops after its DC
+    // scans (progressive.rs), a baseline one steps over its AC coefficients (baseline.rs).
+    let dc_only = match scale {
+        1 if progressive::is_progressive(bytes) => progressive::decode_dc(bytes)?,
+        1 => baseline::decode_dc(bytes),
+        _ => None,
     };
     let mut image = match (dc_only, decompress.color_space()) {
         (Some(image), _) => match &icc {

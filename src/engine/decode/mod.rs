@@ -16,6 +16,7 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError};
 
+mod baseline;
 mod jpeg;
 mod progressive;
 mod webp;

@@ -1,0 +1,942 @@
+//! Baseline JPEGs at 1/8 scale from their DC coefficients, the AC ones skipped.
+//!
+//! At 1/8 scale each 8x8 block becomes one pixel, the block's DC coefficient. A
+//! baseline (sequential) JPEG interleaves every block's DC with its 63 AC
+//! coefficients, so all of the entropy-coded data still has to be read, but the AC
+//! coefficients need not be decoded, only stepped over. libjpeg decodes each AC symbol
+//! in two dependent steps (its Huffman code, then its extra bits), stores it, zeroes
+//! every block and calls an IDCT per block. Here one lookup on the next 12 bits steps
+//! over a whole symbol, code and extra bits together, with the bits kept in a 64-bit
+//! register. Baseline photos are most of what a web service stores, and this decode is
+//! where libjpeg-based peers (Pillow, so thumbor) spend their time on a thumbnail.
+//!
+//! The pixels are libjpeg's 1/8 decode, bit for bit (the tests compare against
+//! mozjpeg): its rounding of the DC, its box upsampling of chroma at this scale, its
+//! fixed-point YCbCr to RGB, and for 4:2:0 its trick of decoding chroma with a 2x2
+//! inverse DCT instead of upsampling it, for which chroma AC coefficients are decoded
+//! (a third of the blocks, and the cheap ones). Only the common layouts take this path: 8-bit Huffman
+//! baseline in one interleaved scan, gray or YCbCr with chroma at full or half
+//! resolution. Anything else, and anything unexpected in the data (an invalid code, a
+//! missing restart marker, a scan that stops early), returns `None`, and libjpeg
+//! decodes the file and owns the error reporting.
+
+use std::rc::Rc;
+
+use image::{DynamicImage, GrayImage, RgbImage};
+
+/// Decodes a baseline gray or YCbCr JPEG at 1/8 scale (each side rounded up), or
+/// `None` when the layout is not one this path handles or the data is not clean.
+pub fn decode_dc(bytes: &[u8]) -> Option<DynamicImage> {
+    let frame = Frame::parse(bytes)?;
+    let planes = frame.decode_planes(bytes)?;
+    Some(frame.to_image(&planes))
+}
+
+/// Bits of lookahead of the AC tables: 4096 entries of each fit in L1, and most
+/// codes are shorter.
+const AC_LOOKUP_BITS: u32 = 12;
+/// Bits of lookahead of the DC table, whose codes are short.
+const DC_LOOKUP_BITS: u32 = 9;
+
+/// What the headers before the first scan say, for the layouts this path handles.
+struct Frame {
+    width: usize,
+    height: usize,
+    /// One or three components, in scan order, luma first.
+    components: Vec<Component>,
+    /// MCUs between restart markers (0: none).
+    restart_interval: usize,
+    /// Offset of the first byte of entropy-coded data.
+    scan_start: usize,
+}
+
+struct Component {
+    /// Blocks per MCU across and down (1 or 2 for luma, 1 for chroma and gray).
+    h: usize,
+    v: usize,
+    /// Pixels per block side: 1, or 2 for 4:2:0 chroma, which libjpeg decodes at 2x2
+    /// rather than upsample it from 1x1.
+    scale: usize,
+    /// The component's quantisation table, in natural (row-major) order.
+    quantisers: [i64; 64],
+    dc_table: Rc<DcTable>,
+    ac_table: Rc<AcTable>,
+}
+
+/// One 1/8-scale plane per component: a byte per block, `stride` blocks per row.
+struct Plane {
+    samples: Vec<u8>,
+    stride: usize,
+}
+
+/// A component as the frame header declares it: id, sampling factors, quant table.
+type FrameComponent = (u8, usize, usize, usize);
+
+impl Frame {
+    /// Walks the marker segments up to the first scan.
+    fn parse(bytes: &[u8]) -> Option<Frame> {
+        if !bytes.starts_with(&[0xFF, 0xD8]) {
+            return None;
+        }
+        let mut quantisers: [Option<[i64; 64]>; 4] = [None; 4];
+        let mut dc_codes: [Option<Codes>; 4] = Default::default();
+        let mut ac_codes: [Option<Codes>; 4] = Default::default();
+        let mut size_and_components = None;
+        let mut restart_interval = 0;
+        let mut jfif = false;
+        let mut adobe_transform = None;
+        let mut at = 2;
+        loop {
+            if *bytes.get(at)? != 0xFF {
+                return None; // junk between segments: libjpeg resynchronises, we don't
+            }
+            let marker = *bytes.get(at + 1)?;
+            if marker == 0xFF {
+                at += 1;
+                continue;
+            }
+            let length = usize::from(be16(bytes.get(at + 2..)?)?);
+            let body = bytes.get(at + 4..at + 2 + length)?;
+            match marker {
+                0xC0 | 0xC1 => size_and_components = Some(parse_sof(body)?),
+                0xC4 => parse_dht(body, &mut dc_codes, &mut ac_codes)?,
+                0xDB => parse_dqt(body, &mut quantisers)?,
+                0xDD => restart_interval = usize::from(be16(body)?),
+                0xE0 => jfif |= body.starts_with(b"JFIF\0"),
+                0xEE if body.starts_with(b"Adobe") => adobe_transform = Some(*body.get(11)?),
+                // Progressive, lossless, hierarchical and arithmetic-coded frames, and
+                // markers that have no place before the first scan.
+                0xC2 | 0xC3 | 0xC5..=0xCF | 0x01 | 0xD0..=0xD9 => return None,
+                0xDA => {
+                    let (width, height, declared) = size_and_components?;
+                    // libjpeg reads three components as YCbCr unless an Adobe marker
+                    // or, without JFIF, the ids R, G, B say otherwise.
+                    let ids: Vec<u8> = declared.iter().map(|c| c.0).collect();
+                    let rgb = match adobe_transform {
+                        Some(transform) => transform != 1,
+                        None => !jfif && ids == b"RGB",
+                    };
+                    if ids.len() == 3 && rgb {
+                        return None;
+                    }
+                    let components = parse_sos(body, &declared, &quantisers, &dc_codes, &ac_codes)?;
+                    return Some(Frame {
+                        width,
+                        height,
+                        components,
+                        restart_interval,
+                        scan_start: at + 2 + length,
+                    });
+                }
+                _ => {}
+            }
+            at += 2 + length;
+        }
+    }
+
+    /// Entropy-decodes the scan into one 1/8-scale plane per component.
+    fn decode_planes(&self, bytes: &[u8]) -> Option<Vec<Plane>> {
+        let (mcu_width, mcu_height) = (8 * self.components[0].h, 8 * self.components[0].v);
+        let (mcus_across, mcus_down) = (
+            self.width.div_ceil(mcu_width),
+            self.height.div_ceil(mcu_height),
+        );
+        let mut planes: Vec<Plane> = self
+            .components
+            .iter()
+            .map(|c| Plane {
+                samples: vec![0; mcus_across * c.h * c.scale * mcus_down * c.v * c.scale],
+                stride: mcus_across * c.h * c.scale,
+            })
+            .collect();
+        let mut bits = Bits::new(bytes, self.scan_start);
+        let mut predictions = [0i32; 3];
+        let mut restarts = 0u8;
+        let mut coefficients = [0i32; 64];
+        let mut mcus_left_in_interval = self.restart_interval;
+        for mcu_y in 0..mcus_down {
+            for mcu_x in 0..mcus_across {
+                if self.restart_interval > 0 {
+                    if mcus_left_in_interval == 0 {
+                        bits = bits.restart(restarts)?;
+                        restarts = (restarts + 1) % 8;
+                        predictions = [0; 3];
+                        mcus_left_in_interval = self.restart_interval;
+                    }
+                    mcus_left_in_interval -= 1;
+                }
+                for ((component, plane), prediction) in self
+                    .components
+                    .iter()
+                    .zip(&mut planes)
+                    .zip(&mut predictions)
+                {
+                    for block_y in mcu_y * component.v..(mcu_y + 1) * component.v {
+                        for block_x in mcu_x * component.h..(mcu_x + 1) * component.h {
+                            *prediction =
+                                prediction.wrapping_add(bits.dc_difference(&component.dc_table)?);
+                            if component.scale == 1 {
+                                plane.samples[block_y * plane.stride + block_x] =
+                                    dc_sample(*prediction, component.quantisers[0]);
+                                bits.skip_ac(&component.ac_table)?;
+                                continue;
+                            }
+                            coefficients.fill(0);
+                            coefficients[0] = *prediction;
+                            bits.ac_coefficients(&component.ac_table, &mut coefficients)?;
+                            let [top, bottom] = idct_2x2(&coefficients, &component.quantisers);
+                            let at = 2 * block_y * plane.stride + 2 * block_x;
+                            plane.samples[at..at + 2].copy_from_slice(&top);
+                            plane.samples[at + plane.stride..at + plane.stride + 2]
+                                .copy_from_slice(&bottom);
+                        }
+                    }
+                }
+            }
+        }
+        bits.clean_end().then_some(planes)
+    }
+
+    /// Upsamples chroma by repeating it (libjpeg's box filter at 1/8 scale; 4:2:0
+    /// chroma is already full size) and converts to RGB; a single component is gray.
+    fn to_image(&self, planes: &[Plane]) -> DynamicImage {
+        let (width, height) = (self.width.div_ceil(8), self.height.div_ceil(8));
+        let luma = &planes[0];
+        if planes.len() == 1 {
+            let samples = (0..height)
+                .flat_map(|y| &luma.samples[y * luma.stride..y * luma.stride + width])
+                .copied()
+                .collect();
+            let image = GrayImage::from_raw(width as u32, height as u32, samples);
+            return DynamicImage::ImageLuma8(image.expect("a plane covers the image"));
+        }
+        let chroma_scale = self.components[1].scale;
+        let (h, v) = (
+            self.components[0].h / chroma_scale,
+            self.components[0].v / chroma_scale,
+        );
+        let (cb, cr) = (&planes[1], &planes[2]);
+        let mut samples = Vec::with_capacity(width * height * 3);
+        for y in 0..height {
+            let luma_row = &luma.samples[y * luma.stride..][..width];
+            let chroma_row = (y / v) * cb.stride;
+            for (x, &luma) in luma_row.iter().enumerate() {
+                let chroma = chroma_row + x / h;
+                samples.extend(ycc_to_rgb(luma, cb.samples[chroma], cr.samples[chroma]));
+            }
+        }
+        let image = RgbImage::from_raw(width as u32, height as u32, samples);
+        DynamicImage::ImageRgb8(image.expect("planes cover the image"))
+    }
+}
+
+/// SOF0/SOF1: 8-bit samples, and one (gray) or three components with the chroma
+/// sampled at 1 or 1/2 of luma each way.
+fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent>)> {
+    let (precision, height, width) = (*body.first()?, be16(body.get(1..)?)?, be16(body.get(3..)?)?);
+    let count = usize::from(*body.get(5)?);
+    let components: Vec<FrameComponent> = (0..count)
+        .map(|i| {
+            let entry = body.get(6 + 3 * i..9 + 3 * i)?;
+            let (h, v) = (usize::from(entry[1] >> 4), usize::from(entry[1] & 15));
+            Some((entry[0], h, v, usize::from(entry[2])))
+        })
+        .collect::<Option<_>>()?;
+    let sampling_ok = match components.as_slice() {
+        // A single component's scan is one block per MCU, whatever it declares.
+        [_] => true,
+        [luma, cb, cr] => {
+            (1..=2).contains(&luma.1)
+                && (1..=2).contains(&luma.2)
+                && [cb, cr].iter().all(|c| c.1 == 1 && c.2 == 1)
+        }
+        _ => false,
+    };
+    (precision == 8 && width > 0 && height > 0 && sampling_ok).then_some((
+        usize::from(width),
+        usize::from(height),
+        components,
+    ))
+}
+
+/// DQT: quantisation tables of 8 or 16-bit values, stored in zigzag order.
+fn parse_dqt(mut body: &[u8], quantisers: &mut [Option<[i64; 64]>; 4]) -> Option<()> {
+    while let Some(&precision_and_id) = body.first() {
+        let id = usize::from(precision_and_id & 15);
+        let wide = match precision_and_id >> 4 {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let size = if wide { 128 } else { 64 };
+        let values = body.get(1..1 + size)?;
+        let mut table = [0; 64];
+        for (zigzag, &natural) in ZIGZAG_TO_NATURAL.iter().enumerate() {
+            table[natural] = match wide {
+                true => i64::from(be16(&values[2 * zigzag..])?),
+                false => i64::from(values[zigzag]),
+            };
+        }
+        *quantisers.get_mut(id)? = Some(table);
+        body = &body[1 + size..];
+    }
+    Some(())
+}
+
+/// Where the k-th coefficient of the zigzag scan sits in a row-major 8x8 block.
+const ZIGZAG_TO_NATURAL: [usize; 64] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+];
+
+/// DHT: one or more Huffman tables, DC (class 0) or AC (class 1).
+fn parse_dht(
+    mut body: &[u8],
+    dc_codes: &mut [Option<Codes>; 4],
+    ac_codes: &mut [Option<Codes>; 4],
+) -> Option<()> {
+    while let Some(&class_and_id) = body.first() {
+        let counts: [u8; 16] = body.get(1..17)?.try_into().ok()?;
+        let total: usize = counts.iter().map(|&n| usize::from(n)).sum();
+        let values = body.get(17..17 + total)?;
+        let codes = Some(Codes::new(counts, values)?);
+        let id = usize::from(class_and_id & 15);
+        match class_and_id >> 4 {
+            0 => *dc_codes.get_mut(id)? = codes,
+            1 => *ac_codes.get_mut(id)? = codes,
+            _ => return None,
+        }
+        body = &body[17 + total..];
+    }
+    Some(())
+}
+
+/// SOS: the first scan must hold every component, in frame order, as a baseline scan
+/// does (spectral selection 0..63, no successive approximation).
+fn parse_sos(
+    body: &[u8],
+    declared: &[FrameComponent],
+    quantisers: &[Option<[i64; 64]>; 4],
+    dc_codes: &[Option<Codes>; 4],
+    ac_codes: &[Option<Codes>; 4],
+) -> Option<Vec<Component>> {
+    let count = usize::from(*body.first()?);
+    if count != declared.len() || body.get(1 + 2 * count..4 + 2 * count)? != [0, 63, 0] {
+        return None;
+    }
+    // Tables shared by several components (Cb and Cr, usually) are built once.
+    let mut dc_tables: [Option<Rc<DcTable>>; 4] = Default::default();
+    let mut ac_tables: [Option<Rc<AcTable>>; 4] = Default::default();
+    let single = declared.len() == 1;
+    let four_two_zero = declared
+        .first()
+        .is_some_and(|luma| (luma.1, luma.2) == (2, 2));
+    declared
+        .iter()
+        .enumerate()
+        .map(|(i, &(id, h, v, quant_table))| {
+            let (scan_id, tables) = (body[1 + 2 * i], body[2 + 2 * i]);
+            let (dc, ac) = (usize::from(tables >> 4), usize::from(tables & 15));
+            let dc_codes = dc_codes.get(dc)?.as_ref()?;
+            let ac_codes = ac_codes.get(ac)?.as_ref()?;
+            let dc_table = dc_tables[dc].get_or_insert_with(|| DcTable::new(dc_codes).into());
+            let ac_table = ac_tables[ac].get_or_insert_with(|| AcTable::new(ac_codes).into());
+            (scan_id == id).then_some(Component {
+                h: if single { 1 } else { h },
+                v: if single { 1 } else { v },
+                scale: if four_two_zero && i > 0 { 2 } else { 1 },
+                quantisers: (*quantisers.get(quant_table)?)?,
+                dc_table: dc_table.clone(),
+                ac_table: ac_table.clone(),
+            })
+        })
+        .collect()
+}
+
+fn be16(bytes: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
+}
+
+/// libjpeg's 1x1 inverse DCT: an eighth of the dequantised DC, rounded, level-shifted
+/// and clamped. The coefficient is stored as 16 bits, as libjpeg's JCOEF is.
+fn dc_sample(prediction: i32, quantiser: i64) -> u8 {
+    let coefficient = i64::from(prediction as i16);
+    ((coefficient * quantiser + 4) >> 3)
+        .saturating_add(128)
+        .clamp(0, 255) as u8
+}
+
+/// libjpeg's 2x2 inverse DCT (jidctred.c), which needs only the coefficients of rows
+/// and columns 0, 1, 3, 5 and 7. The coefficients are stored as 16 bits (JCOEF).
+fn idct_2x2(coefficients: &[i32; 64], quantisers: &[i64; 64]) -> [[u8; 2]; 2] {
+    const CONST_BITS: u32 = 13;
+    const PASS1_BITS: u32 = 2;
+    // FIX(x) = round(x * 2^13)
+    const TAPS: [(usize, i64); 4] = [(7, -5906), (5, 6967), (3, -10426), (1, 29692)];
+    let dequantised = |at: usize| i64::from(coefficients[at] as i16) * quantisers[at];
+    let descale = |value: i64, bits: u32| (value + (1 << (bits - 1))) >> bits;
+    let mut columns = [[0i64; 2]; 8];
+    for column in [0, 1, 3, 5, 7] {
+        let even = dequantised(column) << (CONST_BITS + 2);
+        let odd: i64 = TAPS
+            .iter()
+            .map(|&(row, tap)| dequantised(8 * row + column) * tap)
+            .sum();
+        columns[column] = [
+            descale(even + odd, CONST_BITS - PASS1_BITS + 2),
+            descale(even - odd, CONST_BITS - PASS1_BITS + 2),
+        ];
+    }
+    let sample =
+        |value: i64| (descale(value, CONST_BITS + PASS1_BITS + 3 + 2) + 128).clamp(0, 255) as u8;
+    [0, 1].map(|row| {
+        let even = columns[0][row] << (CONST_BITS + 2);
+        let odd: i64 = TAPS
+            .iter()
+            .map(|&(column, tap)| columns[column][row] * tap)
+            .sum();
+        [sample(even + odd), sample(even - odd)]
+    })
+}
+
+/// libjpeg's YCbCr to RGB (jdcolor.c): 16-bit fixed point, `FIX(x)` = round(x * 2^16).
+fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    const HALF: i32 = 1 << 15;
+    const FIX_1_40200: i32 = 91881;
+    const FIX_1_77200: i32 = 116130;
+    const FIX_0_71414: i32 = 46802;
+    const FIX_0_34414: i32 = 22554;
+    let (y, cb, cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
+    let red = y + ((FIX_1_40200 * cr + HALF) >> 16);
+    let green = y + ((-FIX_0_34414 * cb + HALF - FIX_0_71414 * cr) >> 16);
+    let blue = y + ((FIX_1_77200 * cb + HALF) >> 16);
+    [red, green, blue].map(|c| c.clamp(0, 255) as u8)
+}
+
+/// A Huffman table's canonical codes (JPEG Annex C), for the codes the lookup
+/// tables do not cover.
+#[derive(Clone)]
+struct Codes {
+    /// For each code length 1 to 16: the largest code of that length (-1: none) and
+    /// what to add to a code of that length to index `values`.
+    max_code: [i32; 17],
+    offset: [i32; 17],
+    values: Vec<u8>,
+    /// Every (code, length, symbol), for building the lookup tables.
+    listed: Vec<(u32, u32, u8)>,
+}
+
+impl Codes {
+    fn new(counts: [u8; 16], values: &[u8]) -> Option<Codes> {
+        let mut max_code = [-1; 17];
+        let mut offset = [0; 17];
+        let mut listed = Vec::with_capacity(values.len());
+        let (mut code, mut index) = (0i32, 0usize);
+        for length in 1..=16 {
+            let count = usize::from(counts[length - 1]);
+            offset[length] = index as i32 - code;
+            for &symbol in &values[index..index + count] {
+                listed.push((code as u32, length as u32, symbol));
+                code += 1;
+            }
+            if count > 0 {
+                max_code[length] = code - 1;
+            }
+            if code > 1 << length {
+                return None; // more codes than this length can hold
+            }
+            index += count;
+            code <<= 1;
+        }
+        Some(Codes {
+            max_code,
+            offset,
+            values: values.to_vec(),
+            listed,
+        })
+    }
+
+    /// The (length, symbol) of the code at the top of `peek`, the next 16 bits.
+    fn decode(&self, peek: u32) -> Option<(u32, u8)> {
+        for length in 1..=16 {
+            let code = (peek >> (16 - length)) as i32;
+            if code <= self.max_code[length] {
+                let index = (self.offset[length] + code) as usize;
+                return self
+                    .values
+                    .get(index)
+                    .map(|&symbol| (length as u32, symbol));
+            }
+        }
+        None
+    }
+
+    /// Fills a lookup table of `bits` bits: every entry whose prefix is a code of at
+    /// most `bits` bits gets `entry(length, symbol)` (0 leaves the entry a miss).
+    fn lookup(&self, bits: u32, entry: impl Fn(u32, u8) -> u16) -> Vec<u16> {
+        let mut table = vec![0; 1 << bits];
+        for &(code, length, symbol) in self.listed.iter().filter(|c| c.1 <= bits) {
+            let first = (code << (bits - length)) as usize;
+            table[first..first + (1 << (bits - length))].fill(entry(length, symbol));
+        }
+        table
+    }
+}
+
+/// DC codes: each lookup entry is the code length and the size of the difference.
+struct DcTable {
+    lookup: Vec<u16>,
+    codes: Codes,
+}
+
+impl DcTable {
+    fn new(codes: &Codes) -> DcTable {
+        let lookup = codes.lookup(DC_LOOKUP_BITS, |length, size| {
+            length as u16 | u16::from(size) << 8
+        });
+        DcTable {
+            lookup,
+            codes: codes.clone(),
+        }
+    }
+}
+
+/// AC codes, looked up by the next 12 bits.
+struct AcTable {
+    /// One symbol, for decoding coefficients: the bits it takes with its extra bits
+    /// (bits 0-4, up to 27), how many coefficients it steps (5-11) and the code's own
+    /// length (12-15); 0 for codes longer than the lookahead.
+    symbols: Vec<u16>,
+    /// As many whole symbols as the lookahead holds, for skipping them: their bits
+    /// (0-4), the coefficients they step together (5-11) and those stepped before
+    /// the last one starts (12-18), to tell when they would run past the block. When
+    /// not even one symbol fits, the first one's bits and step, as in `symbols`.
+    runs: Vec<u32>,
+    codes: Codes,
+}
+
+impl AcTable {
+    fn new(codes: &Codes) -> AcTable {
+        let symbols = codes.lookup(AC_LOOKUP_BITS, |length, symbol| {
+            let total = length + u32::from(symbol & 15);
+            (total | ac_step(symbol) << 5 | length << 12) as u16
+        });
+        let mask = (1 << AC_LOOKUP_BITS) - 1;
+        let runs = (0..1u32 << AC_LOOKUP_BITS)
+            .map(|index| {
+                let (mut used, mut step, mut before_last) = (0, 0, 0);
+                // The bits past `used` are zeros here, so a symbol only counts if all
+                // of it lies within the lookahead.
+                while step < 64 {
+                    let entry = u32::from(symbols[((index << used) & mask) as usize]);
+                    let (total, this_step) = (entry & 31, entry >> 5 & 127);
+                    if entry == 0 || used + total > AC_LOOKUP_BITS {
+                        if used == 0 && entry >> 12 <= AC_LOOKUP_BITS {
+                            return entry & 0xFFF; // one long symbol: its bits and step
+                        }
+                        break;
+                    }
+                    used += total;
+                    before_last = step;
+                    step += this_step;
+                }
+                used | step << 5 | before_last << 12
+            })
+            .collect();
+        AcTable {
+            symbols,
+            runs,
+            codes: codes.clone(),
+        }
+    }
+}
+
+/// How far an AC symbol moves along the block: past its run of zeros and its
+/// coefficient; 16 zeros for ZRL (0xF0); to the end for EOB (and, as in libjpeg,
+/// for any other symbol without a coefficient).
+fn ac_step(symbol: u8) -> u32 {
+    match (symbol >> 4, symbol & 15) {
+        (15, 0) => 16,
+        (_, 0) => 64,
+        (run, _) => u32::from(run) + 1,
+    }
+}
+
+/// The entropy-coded data as a stream of bits, kept left-aligned in a 64-bit
+/// register. Stuffed bytes (0xFF 0x00) are unstuffed on the way in; at a marker the
+/// stream stops and zeros are fed, counted, so that reading past it is detected.
+#[derive(Clone, Copy)]
+struct Bits<'a> {
+    data: &'a [u8],
+    /// The next byte to load (its top bits may already sit below `count`).
+    position: usize,
+    bits: u64,
+    /// Valid bits at the top of `bits`.
+    count: u32,
+    /// Where the data stopped at a marker (or the end of the file).
+    marker: Option<usize>,
+    /// Zero bits fed since then.
+    padding: u32,
+}
+
+impl<'a> Bits<'a> {
+    fn new(data: &'a [u8], position: usize) -> Bits<'a> {
+        Bits {
+            data,
+            position,
+            bits: 0,
+            count: 0,
+            marker: None,
+            padding: 0,
+        }
+    }
+
+    /// Tops the register up to at least 56 bits: eight bytes at once when none of
+    /// them is 0xFF (the common case), byte by byte otherwise.
+    #[inline]
+    fn refill(&mut self) {
+        let word = self
+            .data
+            .get(self.position..self.position + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok());
+        match word.map(u64::from_be_bytes) {
+            Some(word) if !has_ff_byte(word) => {
+                self.bits |= word >> self.count;
+                self.position += ((63 - self.count) >> 3) as usize;
+                self.count |= 56;
+            }
+            _ => *self = self.refill_bytewise(),
+        }
+    }
+
+    /// The out-of-line paths take and return the reader by value: given `&mut self`,
+    /// the reader would have to live in memory, and every symbol of the hot loops
+    /// would wait on a store and a load (a third of the decode, measured).
+    #[cold]
+    fn refill_bytewise(mut self) -> Self {
+        while self.count <= 56 {
+            let byte = self.next_byte();
+            self.bits |= u64::from(byte) << (56 - self.count);
+            self.count += 8;
+        }
+        self
+    }
+
+    fn next_byte(&mut self) -> u8 {
+        if self.marker.is_none() {
+            match self.data.get(self.position) {
+                Some(0xFF) => {
+                    // 0xFF 0x00 is a stuffed 0xFF; anything else after fill bytes is a marker.
+                    let mut next = self.position + 1;
+                    while self.data.get(next) == Some(&0xFF) {
+                        next += 1;
+                    }
+                    if self.data.get(next) == Some(&0) {
+                        self.position = next + 1;
+                        return 0xFF;
+                    }
+                }
+                Some(&byte) => {
+                    self.position += 1;
+                    return byte;
+                }
+                None => {}
+            }
+            self.marker = Some(self.position);
+        }
+        self.padding += 8;
+        0
+    }
+
+    #[inline]
+    fn consume(&mut self, bits: u32) {
+        self.bits <<= bits;
+        self.count -= bits;
+    }
+
+    /// The next DC difference (JPEG F.2.2.1).
+    #[inline]
+    fn dc_difference(&mut self, table: &DcTable) -> Option<i32> {
+        if self.count < 32 {
+            self.refill();
+        }
+        let entry = table.lookup[(self.bits >> (64 - DC_LOOKUP_BITS)) as usize];
+        let (length, size) = match entry {
+            0 => {
+                let (length, size) = table.codes.decode((self.bits >> 48) as u32)?;
+                (length, u32::from(size))
+            }
+            _ => (u32::from(entry & 0xFF), u32::from(entry >> 8)),
+        };
+        if size == 0 {
+            self.consume(length);
+            return Some(0);
+        }
+        self.value(length, size)
+    }
+
+    /// The `size`-bit value after a `length`-bit code, both consumed, sign-extended
+    /// as JPEG's EXTEND does: values below half the range are negative.
+    #[inline]
+    fn value(&mut self, length: u32, size: u32) -> Option<i32> {
+        if size > 16 {
+            return None;
+        }
+        let value = (self.bits << length >> (64 - size)) as i32;
+        self.consume(length + size);
+        Some(match value < 1 << (size - 1) {
+            true => value - (1 << size) + 1,
+            false => value,
+        })
+    }
+
+    /// Decodes a block's AC coefficients into `block` (natural order; the caller
+    /// zeroes it), for the blocks whose detail is needed.
+    #[inline]
+    fn ac_coefficients(&mut self, table: &AcTable, block: &mut [i32; 64]) -> Option<()> {
+        let mut position = 1;
+        while position < 64 {
+            if self.count < 32 {
+                self.refill();
+            }
+            let entry = table.symbols[(self.bits >> (64 - AC_LOOKUP_BITS)) as usize];
+            let (length, size, step) = match entry {
+                0 => {
+                    let (length, symbol) = table.codes.decode((self.bits >> 48) as u32)?;
+                    (length, u32::from(symbol & 15), ac_step(symbol))
+                }
+                _ => {
+                    let length = u32::from(entry >> 12);
+                    (
+                        length,
+                        u32::from(entry & 31) - length,
+                        u32::from(entry >> 5 & 127),
+                    )
+                }
+            };
+            if size == 0 {
+                self.consume(length);
+            } else {
+                let at = (position + step - 1) as usize;
+                *block.get_mut(*ZIGZAG_TO_NATURAL.get(at)?)? = self.value(length, size)?;
+            }
+            position += step;
+        }
+        Some(())
+    }
+
+    /// Steps over a block's 63 AC coefficients.
+    #[inline]
+    fn skip_ac(&mut self, table: &AcTable) -> Option<()> {
+        let mut position = 1;
+        while position < 64 {
+            if self.count < AC_LOOKUP_BITS {
+                self.refill();
+            }
+            let entry = table.runs[(self.bits >> (64 - AC_LOOKUP_BITS)) as usize];
+            // Missing, or symbols that would run into the next block (whose first
+            // symbol is a DC code): one symbol the slow way.
+            if entry == 0 || position + (entry >> 12) >= 64 {
+                let step;
+                (*self, step) = self.skip_long_ac(table)?;
+                position += step;
+                continue;
+            }
+            let total = entry & 31;
+            if total > self.count {
+                self.refill();
+            }
+            self.consume(total);
+            position += entry >> 5 & 127;
+        }
+        Some(())
+    }
+
+    /// One symbol decoded the slow way: a code longer than the lookahead, or where
+    /// the symbols looked up together would run past the block.
+    #[cold]
+    fn skip_long_ac(mut self, table: &AcTable) -> Option<(Self, u32)> {
+        if self.count < 32 {
+            self.refill();
+        }
+        let (length, symbol) = table.codes.decode((self.bits >> 48) as u32)?;
+        self.consume(length + u32::from(symbol & 15));
+        Some((self, ac_step(symbol)))
+    }
+
+    /// Whether every bit read was data, not padding fed past a marker.
+    fn clean_end(&self) -> bool {
+        self.count >= self.padding
+    }
+
+    /// After a restart interval: what is left of the last byte is padding, the next
+    /// marker is RST`n`, and decoding starts over after it.
+    fn restart(self, n: u8) -> Option<Bits<'a>> {
+        if self.count.checked_sub(self.padding)? >= 8 {
+            return None;
+        }
+        let mut at = self.marker.unwrap_or(self.position);
+        while self.data.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        (self.data.get(at..at + 2)? == [0xFF, 0xD0 + n]).then(|| Bits::new(self.data, at + 2))
+    }
+}
+
+/// Whether any byte of `word` is 0xFF (a zero byte of its complement).
+fn has_ff_byte(word: u64) -> bool {
+    let inverted = !word;
+    inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mozjpeg::{ColorSpace, Compress, Decompress};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// libjpeg's own decode at 1/8 scale: what ours must equal.
+    fn libjpeg_eighth(bytes: &[u8]) -> DynamicImage {
+        let mut decompress = Decompress::new_mem(bytes).unwrap();
+        decompress.scale(1);
+        let gray = decompress.color_space() == ColorSpace::JCS_GRAYSCALE;
+        let mut started = match gray {
+            true => decompress.grayscale().unwrap(),
+            false => decompress.rgb().unwrap(),
+        };
+        let (width, height) = (started.width() as u32, started.height() as u32);
+        let samples: Vec<u8> = started.read_scanlines().unwrap();
+        match gray {
+            true => DynamicImage::ImageLuma8(GrayImage::from_raw(width, height, samples).unwrap()),
+            false => DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, samples).unwrap()),
+        }
+    }
+
+    /// A baseline JPEG at quality `quality` with chroma blocks covering `chroma`
+    /// pixels (1 or 2 each way), as our own encoder writes them.
+    fn encode(image: &RgbImage, chroma: (u8, u8), quality: f32) -> Vec<u8> {
+        let mut compress = Compress::new(ColorSpace::JCS_RGB);
+        compress.set_size(image.width() as usize, image.height() as usize);
+        compress.set_fastest_defaults();
+        compress.set_optimize_coding(true);
+        compress.set_quality(quality);
+        compress.set_chroma_sampling_pixel_sizes(chroma, chroma);
+        let mut started = compress.start_compress(Vec::new()).unwrap();
+        started.write_scanlines(image.as_raw()).unwrap();
+        started.finish().unwrap()
+    }
+
+    /// Noise (long codes, many extra bits) over gradients (long runs), 131x77 so
+    /// that no side is a whole number of MCUs.
+    fn noisy_image() -> RgbImage {
+        let mut state = 0x2545_F491u32;
+        RgbImage::from_fn(131, 77, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = if x > 60 { (state % 160) as u8 } else { 0 };
+            image::Rgb([
+                (x * 2) as u8 ^ noise,
+                (y * 3) as u8,
+                noise.wrapping_add(x as u8),
+            ])
+        })
+    }
+
+    fn assert_same_as_libjpeg(bytes: &[u8], what: &str) {
+        let ours = decode_dc(bytes).unwrap_or_else(|| panic!("{what}: declined"));
+        let theirs = libjpeg_eighth(bytes);
+        assert_eq!(ours.color(), theirs.color(), "{what}");
+        assert_eq!(
+            (ours.width(), ours.height()),
+            (theirs.width(), theirs.height()),
+            "{what}"
+        );
+        let differ = ours
+            .as_bytes()
+            .iter()
+            .zip(theirs.as_bytes())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differ, 0, "{what}: samples that differ from libjpeg's");
+    }
+
+    #[test]
+    fn pixels_are_libjpegs_one_eighth_decode() {
+        let photo = image::load_from_memory(&fixture("baseline-restart-420.jpg"))
+            .unwrap()
+            .to_rgb8();
+        for (name, image) in [("photo", photo), ("noise", noisy_image())] {
+            for chroma in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+                for quality in [60.0, 100.0] {
+                    let bytes = encode(&image, chroma, quality);
+                    assert_same_as_libjpeg(&bytes, &format!("{name} {chroma:?} q{quality}"));
+                }
+            }
+        }
+        // Restart markers (every 7 MCUs, and every row) and a gray JPEG, from Pillow.
+        assert_same_as_libjpeg(&fixture("baseline-restart-420.jpg"), "restarts, 4:2:0");
+        assert_same_as_libjpeg(&fixture("baseline-restart-gray.jpg"), "restarts, gray");
+    }
+
+    #[test]
+    fn long_codes_take_the_slow_path_and_still_match() {
+        let bytes = encode(&noisy_image(), (1, 1), 100.0);
+        let frame = Frame::parse(&bytes).unwrap();
+        let long = frame.components[0]
+            .ac_table
+            .symbols
+            .iter()
+            .filter(|&&e| e == 0)
+            .count();
+        assert!(long > 0, "the noise should need codes beyond the lookahead");
+        assert_same_as_libjpeg(&bytes, "noise at q100");
+    }
+
+    #[test]
+    fn scans_cut_short_are_declined() {
+        for name in ["baseline-restart-420.jpg", "baseline-restart-gray.jpg"] {
+            let bytes = fixture(name);
+            let scan_start = Frame::parse(&bytes).unwrap().scan_start;
+            // Up to a few bytes before the end: the last byte may be only padding.
+            for cut in (scan_start..bytes.len() - 4).step_by(37) {
+                assert!(decode_dc(&bytes[..cut]).is_none(), "{name} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_scans_never_panic() {
+        let bytes = fixture("baseline-restart-420.jpg");
+        let scan_start = Frame::parse(&bytes).unwrap().scan_start;
+        let mut declined = 0;
+        for at in (scan_start..bytes.len() - 2).step_by(11) {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut corrupt = bytes.clone();
+                corrupt[at] ^= flip;
+                declined += usize::from(decode_dc(&corrupt).is_none());
+            }
+        }
+        assert!(declined > 0, "some corruption must be caught");
+    }
+
+    #[test]
+    fn other_layouts_are_left_to_libjpeg() {
+        let image = noisy_image();
+        let mut compress = Compress::new(ColorSpace::JCS_RGB);
+        compress.set_size(image.width() as usize, image.height() as usize);
+        compress.set_progressive_mode();
+        let mut started = compress.start_compress(Vec::new()).unwrap();
+        started.write_scanlines(image.as_raw()).unwrap();
+        let progressive = started.finish().unwrap();
+        assert!(decode_dc(&progressive).is_none(), "progressive");
+        assert!(decode_dc(&fixture("pil_sample_cmyk.jpg")).is_none(), "CMYK");
+        assert!(decode_dc(b"\xFF\xD8\xFF\xD9").is_none(), "no frame");
+        assert!(decode_dc(b"not a jpeg").is_none(), "not a jpeg");
+    }
+}

@@ -128,7 +128,7 @@ mod tests {
         for key in [
             "a/b/ab",
             "a/b/ab.meta",
-            "a/b/ab.e1.thumbnail.jpg",
+            "a/b/ab.e2.thumbnail.jpg",
             "leases/a/b/x",
         ] {
             from.put_if_absent(&Path::from(key), key.as_bytes().to_vec().into())

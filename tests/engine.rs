@@ -18,6 +18,7 @@ on_every_store!(
     alpha_is_kept_where_the_format_allows_and_flattened_onto_bg_elsewhere,
     exif_orientations_one_to_eight_come_out_upright,
     embedded_icc_profiles_are_converted_to_srgb,
+    sixteen_bit_and_gray_images_are_colour_managed_too,
     cmyk_jpegs_come_out_in_the_right_colours,
     sixteen_bit_and_gray_alpha_pngs_work,
     an_animated_gif_gives_its_first_frame_as_a_still,
@@ -226,7 +227,7 @@ async fn pipelines_run_in_order_and_share_one_canonical_cache_entry(backend: Bac
         .await;
     assert_eq!(preset.headers()["x-cache"], "HIT");
     let key = format!(
-        "{}.e1.crop(aspect=1:1,gravity=center)+resize(w=64,fit=cover,upscale=false,filter=lanczos3)+grayscale.q80.webp",
+        "{}.e2.crop(aspect=1:1,gravity=center)+resize(w=64,fit=cover,upscale=false,filter=lanczos3)+grayscale.q80.webp",
         blob_key(&id)
     );
     assert!(
@@ -306,7 +307,7 @@ async fn format_auto_follows_accept_and_varies_on_it(backend: Backend) {
         .stored_files()
         .await
         .into_iter()
-        .filter(|f| f.contains(".e1."))
+        .filter(|f| f.contains(".e2."))
         .count();
     assert_eq!(derived, 3, "one cached object per negotiated format");
 }
@@ -482,22 +483,110 @@ async fn embedded_icc_profiles_are_converted_to_srgb(backend: Backend) {
     );
 
     let flat = DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, Rgb(colour)));
-    let jpeg = encode(&flat, ImageFormat::Jpeg);
-    let icc = wide.icc().unwrap();
-    let mut app2 = vec![0xFF, 0xE2];
-    app2.extend_from_slice(&((2 + 14 + icc.len()) as u16).to_be_bytes());
-    app2.extend_from_slice(b"ICC_PROFILE\0\x01\x01");
-    app2.extend_from_slice(&icc);
-    let mut tagged = jpeg[..2].to_vec();
-    tagged.extend_from_slice(&app2);
-    tagged.extend_from_slice(&jpeg[2..]);
-
+    let tagged = jpeg_with_icc(&encode(&flat, ImageFormat::Jpeg), &wide.icc().unwrap());
     let response = server_convert_png(backend, tagged).await;
     let got = response.to_rgb8().get_pixel(8, 8).0;
     assert!(
         got.iter().zip(expected).all(|(g, e)| g.abs_diff(e) <= 4),
         "got {got:?}, expected {expected:?}"
     );
+}
+
+/// The same Adobe-RGB-like wide profile for 16-bit pixels, and a linear gray profile
+/// for gray ones: both must come out as what they mean in sRGB.
+async fn sixteen_bit_and_gray_images_are_colour_managed_too(backend: Backend) {
+    use image::codecs::png::PngEncoder;
+    use image::{ExtendedColorType, ImageEncoder, Luma};
+    use lcms2::{CIExyY, CIExyYTRIPLE, Intent, PixelFormat, Profile, ToneCurve, Transform};
+    let white = CIExyY {
+        x: 0.3127,
+        y: 0.3290,
+        Y: 1.0,
+    };
+    let primary = |x, y| CIExyY { x, y, Y: 1.0 };
+    let curve = ToneCurve::new(2.2);
+    let primaries = CIExyYTRIPLE {
+        Red: primary(0.64, 0.33),
+        Green: primary(0.21, 0.71),
+        Blue: primary(0.15, 0.06),
+    };
+    let wide = Profile::new_rgb(&white, &primaries, &[&curve, &curve, &curve]).unwrap();
+    let linear_gray = Profile::new_gray(&white, &ToneCurve::new(1.0)).unwrap();
+    let png = |samples: &[u8], width: u32, colour: ExtendedColorType, icc: Vec<u8>| {
+        let mut out = Vec::new();
+        let mut encoder = PngEncoder::new(&mut out);
+        encoder.set_icc_profile(icc).unwrap();
+        encoder.write_image(samples, width, width, colour).unwrap();
+        out
+    };
+
+    // 16-bit RGB, a colour inside sRGB's gamut (lcms2's 8 and 16-bit paths clip
+    // differently in the last few levels near black).
+    let mut expected = [0u8; 3];
+    Transform::<u8, u8>::new(
+        &wide,
+        PixelFormat::RGB_8,
+        &Profile::new_srgb(),
+        PixelFormat::RGB_8,
+        Intent::Perceptual,
+    )
+    .unwrap()
+    .transform_pixels(&[130, 160, 120], &mut expected);
+    assert!(expected
+        .iter()
+        .zip([130, 160, 120])
+        .any(|(e, c)| e.abs_diff(c) > 10));
+    let colour = [130u16 * 257, 160 * 257, 120 * 257];
+    let samples: Vec<u8> = (0..16 * 16)
+        .flat_map(|_| colour)
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    let rgb16 = png(&samples, 16, ExtendedColorType::Rgb16, wide.icc().unwrap());
+    let got = server_convert_png(backend, rgb16)
+        .await
+        .to_rgb8()
+        .get_pixel(8, 8)
+        .0;
+    assert!(
+        got.iter().zip(expected).all(|(g, e)| g.abs_diff(e) <= 4),
+        "16-bit: got {got:?}, expected {expected:?}"
+    );
+
+    // Gray, linear: 20% linear light is sRGB 124, not 51 read as if sRGB.
+    let expected = 124u8;
+    let gray_png = png(
+        &[51; 16 * 16],
+        16,
+        ExtendedColorType::L8,
+        linear_gray.icc().unwrap(),
+    );
+    let flat_gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(16, 16, Luma([51])));
+    let gray_jpeg = jpeg_with_icc(
+        &encode(&flat_gray, ImageFormat::Jpeg),
+        &linear_gray.icc().unwrap(),
+    );
+    for (what, bytes) in [("png", gray_png), ("jpeg", gray_jpeg)] {
+        let got = server_convert_png(backend, bytes)
+            .await
+            .to_luma8()
+            .get_pixel(8, 8)
+            .0[0];
+        assert!(
+            got.abs_diff(expected) <= 3,
+            "gray {what}: got {got}, expected {expected}"
+        );
+    }
+}
+
+/// A JPEG with `icc` inserted after SOI as an APP2 ICC_PROFILE segment.
+fn jpeg_with_icc(jpeg: &[u8], icc: &[u8]) -> Vec<u8> {
+    let mut tagged = jpeg[..2].to_vec();
+    tagged.extend_from_slice(&[0xFF, 0xE2]);
+    tagged.extend_from_slice(&((2 + 14 + icc.len()) as u16).to_be_bytes());
+    tagged.extend_from_slice(b"ICC_PROFILE\0\x01\x01");
+    tagged.extend_from_slice(icc);
+    tagged.extend_from_slice(&jpeg[2..]);
+    tagged
 }
 
 async fn server_convert_png(backend: Backend, bytes: Vec<u8>) -> DynamicImage {

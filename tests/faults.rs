@@ -197,7 +197,7 @@ async fn a_crashed_holders_lease_delays_others_only_until_it_expires(backend: Ba
     let path = format!("/images/{id}/thumbnail/");
     assert_eq!(server.get(&path).await.headers()["x-cache"], "MISS");
     let files = server.stored_files().await;
-    let derived = files.iter().find(|key| key.contains(".e1.")).unwrap();
+    let derived = files.iter().find(|key| key.contains(".e2.")).unwrap();
     server.store.delete(&derived.as_str().into()).await.unwrap();
     let lease = format!("leases/{derived}");
     let expires_at = chrono::Utc::now() + Duration::from_millis(1500);

@@ -114,7 +114,7 @@ async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
         caches(&responses)
     );
     let listed = stored_keys(&shared.store).await;
-    let derived: Vec<&String> = listed.iter().filter(|key| key.contains(".e1.")).collect();
+    let derived: Vec<&String> = listed.iter().filter(|key| key.contains(".e2.")).collect();
     assert_eq!(derived.len(), 1, "one cached transform: {listed:?}");
     let stored = shared
         .store

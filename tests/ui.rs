@@ -78,7 +78,7 @@ async fn the_page_uploads_shows_and_lists_an_image() {
     let stored = server.stored_files().await;
     assert!(stored.contains(&blob_key(&id)), "{stored:?}");
     assert!(
-        stored.iter().any(|key| key.contains(".e1.thumbnail(")),
+        stored.iter().any(|key| key.contains(".e2.thumbnail(")),
         "the thumbnail the page showed was cached: {stored:?}"
     );
     let png = std::fs::read(&screenshot).unwrap();

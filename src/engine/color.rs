@@ -7,10 +7,13 @@
 //! they have one, else with the plain formula, minding Adobe's inverted channels.
 
 use image::{DynamicImage, GrayImage, RgbImage};
-use lcms2::{Intent, PixelFormat, Profile, Transform};
+use lcms2::{CIExyY, ColorSpaceSignature, Intent, PixelFormat, Pod, Profile, ToneCurve, Transform};
 
-/// Converts an 8-bit image tagged with `icc` to sRGB. Profiles that already describe
-/// sRGB, and profiles lcms2 cannot read, leave the image as it is.
+/// Converts an image tagged with `icc` to sRGB, at 8 or 16 bits, with or without
+/// alpha. A gray profile (Photoshop's "Dot Gain 20%", a gamma curve) maps gray images
+/// to gray with sRGB's tone curve, so their midtones stay where they were meant to be.
+/// Profiles that already describe sRGB, profiles lcms2 cannot read, and profiles that
+/// do not fit the pixels (a colour profile on a gray image) leave the image as it is.
 pub fn to_srgb(image: DynamicImage, icc: &[u8]) -> DynamicImage {
     let Ok(profile) = Profile::new_icc(icc) else {
         return image;
@@ -18,36 +21,98 @@ pub fn to_srgb(image: DynamicImage, icc: &[u8]) -> DynamicImage {
     if is_srgb(&profile) {
         return image;
     }
-    let srgb = Profile::new_srgb();
+    let gray = profile.color_space() == ColorSpaceSignature::GrayData;
+    let Some(target) = (match gray {
+        true => srgb_gray(),
+        false => Some(Profile::new_srgb()),
+    }) else {
+        return image;
+    };
+    let convert = Conversion {
+        from: &profile,
+        to: &target,
+        gray,
+    };
     match image {
-        DynamicImage::ImageRgb8(mut rgb) => {
-            if let Ok(transform) = Transform::<u8, u8>::new(
-                &profile,
-                PixelFormat::RGB_8,
-                &srgb,
-                PixelFormat::RGB_8,
-                Intent::Perceptual,
-            ) {
-                transform.transform_in_place(&mut rgb);
-            }
-            DynamicImage::ImageRgb8(rgb)
+        DynamicImage::ImageRgb8(mut pixels) => {
+            convert.colour(PixelFormat::RGB_8, &mut pixels);
+            DynamicImage::ImageRgb8(pixels)
         }
-        DynamicImage::ImageRgba8(mut rgba) => {
-            if let Ok(transform) = Transform::<u8, u8>::new(
-                &profile,
-                PixelFormat::RGBA_8,
-                &srgb,
-                PixelFormat::RGBA_8,
-                Intent::Perceptual,
-            ) {
-                transform.transform_in_place(&mut rgba);
-            }
-            DynamicImage::ImageRgba8(rgba)
+        DynamicImage::ImageRgba8(mut pixels) => {
+            convert.colour(PixelFormat::RGBA_8, &mut pixels);
+            DynamicImage::ImageRgba8(pixels)
         }
-        // Gray and 16-bit images are left as they are: their profiles are nearly always
-        // gray gamma curves or sRGB, and a mismatch there does not shift hues.
+        DynamicImage::ImageRgb16(mut pixels) => {
+            convert.colour(PixelFormat::RGB_16, pixels.as_chunks_mut::<3>().0);
+            DynamicImage::ImageRgb16(pixels)
+        }
+        DynamicImage::ImageRgba16(mut pixels) => {
+            convert.colour(PixelFormat::RGBA_16, pixels.as_chunks_mut::<4>().0);
+            DynamicImage::ImageRgba16(pixels)
+        }
+        DynamicImage::ImageLuma8(mut pixels) => {
+            convert.gray(PixelFormat::GRAY_8, &mut pixels);
+            DynamicImage::ImageLuma8(pixels)
+        }
+        DynamicImage::ImageLumaA8(mut pixels) => {
+            convert.gray(PixelFormat::GRAYA_8, &mut pixels);
+            DynamicImage::ImageLumaA8(pixels)
+        }
+        DynamicImage::ImageLuma16(mut pixels) => {
+            convert.gray(PixelFormat::GRAY_16, &mut pixels);
+            DynamicImage::ImageLuma16(pixels)
+        }
+        DynamicImage::ImageLumaA16(mut pixels) => {
+            convert.gray(PixelFormat::GRAYA_16, pixels.as_chunks_mut::<2>().0);
+            DynamicImage::ImageLumaA16(pixels)
+        }
+        // 32-bit float images come from formats that carry no ICC profile here.
         other => other,
     }
+}
+
+/// A transform between two profiles, applied to pixels whose layout fits the source.
+struct Conversion<'a> {
+    from: &'a Profile,
+    to: &'a Profile,
+    /// Whether the source profile is a gray one.
+    gray: bool,
+}
+
+impl Conversion<'_> {
+    fn colour<P: Copy + Pod>(&self, format: PixelFormat, pixels: &mut [P]) {
+        if !self.gray {
+            self.apply(format, pixels);
+        }
+    }
+
+    fn gray<P: Copy + Pod>(&self, format: PixelFormat, pixels: &mut [P]) {
+        if self.gray {
+            self.apply(format, pixels);
+        }
+    }
+
+    fn apply<P: Copy + Pod>(&self, format: PixelFormat, pixels: &mut [P]) {
+        if let Ok(transform) =
+            Transform::<P, P>::new(self.from, format, self.to, format, Intent::Perceptual)
+        {
+            transform.transform_in_place(pixels);
+        }
+    }
+}
+
+/// Gray with sRGB's tone curve and D65 white: what a browser shows an untagged gray
+/// image as.
+fn srgb_gray() -> Option<Profile> {
+    let curve =
+        ToneCurve::new_parametric(4, &[2.4, 1.0 / 1.055, 0.055 / 1.055, 1.0 / 12.92, 0.04045])
+            .ok()?;
+    let d65 = CIExyY {
+        x: 0.3127,
+        y: 0.3290,
+        Y: 1.0,
+    };
+    Profile::new_gray(&d65, &curve).ok()
 }
 
 fn is_srgb(profile: &Profile) -> bool {

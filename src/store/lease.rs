@@ -80,8 +80,8 @@ mod tests {
     #[tokio::test]
     async fn one_taker_until_released() {
         let store = Store::open("memory://", &S3Settings::default()).unwrap();
-        let path = Store::lease_path(&Path::from("a/b/ab.e1.thumbnail.jpg"));
-        assert_eq!(path.as_ref(), "leases/a/b/ab.e1.thumbnail.jpg");
+        let path = Store::lease_path(&Path::from("a/b/ab.e2.thumbnail.jpg"));
+        assert_eq!(path.as_ref(), "leases/a/b/ab.e2.thumbnail.jpg");
         let ttl = Duration::from_secs(60);
         assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
         let Lease::HeldUntil(until) = store.try_lease(&path, ttl).await.unwrap() else {

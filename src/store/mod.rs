@@ -317,8 +317,8 @@ mod tests {
         assert_eq!(Store::blob_path(&id).as_ref(), format!("a/b/{id}"));
         assert_eq!(Store::sidecar_path(&id).as_ref(), format!("a/b/{id}.meta"));
         assert_eq!(
-            Store::derived_path(&id, "e1.thumbnail(w=1).png").as_ref(),
-            format!("a/b/{id}.e1.thumbnail(w=1).png")
+            Store::derived_path(&id, "e2.thumbnail(w=1).png").as_ref(),
+            format!("a/b/{id}.e2.thumbnail(w=1).png")
         );
     }
 

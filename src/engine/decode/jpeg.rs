@@ -64,11 +64,13 @@ fn decode_unguarded(
         1 => baseline::decode_dc(bytes),
         _ => None,
     };
+    // CMYK goes through its profile on the way to RGB; the rest is converted after.
+    let cmyk = matches!(
+        decompress.color_space(),
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+    );
     let mut image = match (dc_only, decompress.color_space()) {
-        (Some(image), _) => match &icc {
-            Some(icc) => color::to_srgb(image, icc),
-            None => image,
-        },
+        (Some(image), _) => image,
         (None, ColorSpace::JCS_GRAYSCALE) => {
             let mut started = decompress.grayscale().map_err(failed)?;
             let (width, height) = (started.width() as u32, started.height() as u32);
@@ -99,12 +101,12 @@ fn decode_unguarded(
             started.finish().map_err(failed)?;
             let rgb = image::RgbImage::from_raw(width, height, samples)
                 .ok_or_else(|| Error::undecodable("this jpeg has fewer rows than it claims"))?;
-            match &icc {
-                Some(icc) => color::to_srgb(DynamicImage::ImageRgb8(rgb), icc),
-                None => DynamicImage::ImageRgb8(rgb),
-            }
+            DynamicImage::ImageRgb8(rgb)
         }
     };
+    if let (Some(icc), false) = (&icc, cmyk) {
+        image = color::to_srgb(image, icc);
+    }
     image.apply_orientation(orientation);
     Ok(image)
 }

@@ -31,6 +31,7 @@
 //! - [`metrics`]: the counters and histograms `GET /metrics` reports.
 //! - [`hot`]: recently served transform results in memory, in front of the store.
 //! - [`logs`]: log lines to stderr in batches, off the request path.
+//! - `hugepages`: the global allocator (Linux): large buffers in 2 MiB pages.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
@@ -41,6 +42,8 @@ pub mod error;
 pub mod fetch;
 pub mod hot;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod hugepages;
 pub mod logs;
 pub mod metrics;
 pub mod migrate;

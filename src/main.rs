@@ -14,6 +14,11 @@ use progimage::service::Service;
 use progimage::store::Store;
 use progimage::Settings;
 
+/// Large buffers in their own 2 MiB-page mappings (see `hugepages`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: progimage::hugepages::HugePages = progimage::hugepages::HugePages;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -27,7 +27,7 @@ on_every_store!(
     outputs_over_the_limit_are_413_before_decoding,
     small_thumbnails_of_progressive_jpegs_come_from_the_dc_scans_alone,
     animated_outputs_respect_the_output_limit_too,
-    a_jpeg_that_makes_libjpeg_unwind_is_a_422_naming_the_error,
+    libjpeg_errors_are_422s_naming_the_error,
 );
 
 /// Four quadrants of distinct colours, so every orientation is recognisable.
@@ -816,23 +816,39 @@ async fn animated_outputs_respect_the_output_limit_too(backend: Backend) {
 /// Found by the `decode` fuzz target: a corrupt JPEG whose header probes fine but on
 /// which libjpeg raises an error mid-decode. Its unwind used to escape the decoder and
 /// reach the worker's last-resort guard; now it is a 422 with libjpeg's own words.
-async fn a_jpeg_that_makes_libjpeg_unwind_is_a_422_naming_the_error(backend: Backend) {
+/// libjpeg's errors reach the client as 422s with libjpeg's words: at upload when it
+/// cannot read the header (found by the `decode` fuzz target: the image crate's header
+/// reader used to accept this file, and libjpeg then failed mid-decode), and on the
+/// first GET when the trouble comes after the scan (a bad table before EOI).
+async fn libjpeg_errors_are_422s_naming_the_error(backend: Backend) {
     let server = TestServer::on(backend).await;
-    let id = server.upload_id(&fixture("fuzz-jpeg-unwinds.jpg")).await;
-    for path in ["thumbnail/", "grayscale/"] {
-        let response = server.get(&format!("/images/{id}/{path}")).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{path}"
-        );
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "undecodable_image");
-        let message = body["error"]["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("this jpeg cannot be decoded: "),
-            "{message}"
-        );
-        assert!(!message.contains("decoder failed"), "{message}");
-    }
+    let response = server
+        .post_raw("/", "image/jpeg", fixture("fuzz-jpeg-unwinds.jpg"))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "undecodable_image");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot read this jpeg header: ") && message.contains("marker"),
+        "{message}"
+    );
+
+    // A DHT with table index 32 after the scan: the header and the scan are fine.
+    let mut bad_table = jpeg(64, 48);
+    let end = bad_table.len() - 2;
+    let mut dht = vec![0xFF, 0xC4, 0x00, 0x13, 0x20];
+    dht.extend_from_slice(&[0; 16]);
+    bad_table.splice(end..end, dht);
+    let id = server.upload_id(&bad_table).await;
+    let response = server.get(&format!("/images/{id}/grayscale/")).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "undecodable_image");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("this jpeg cannot be decoded: "),
+        "{message}"
+    );
+    assert!(!message.contains("decoder failed"), "{message}");
 }

@@ -231,14 +231,10 @@ impl Engine {
         let Some(format) = Format::sniff(bytes) else {
             return 0;
         };
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .ok()
-            .and_then(|reader| reader.into_dimensions().ok())
-            .map_or(0, |size| {
-                let progressive = format == Format::Jpeg && decode::is_progressive_jpeg(bytes);
-                self.estimated_memory(format, size, Some(progressive), spec)
-            })
+        probe::header_size(format, bytes).ok().map_or(0, |size| {
+            let progressive = format == Format::Jpeg && decode::is_progressive_jpeg(bytes);
+            self.estimated_memory(format, size, Some(progressive), spec)
+        })
     }
 
     /// The memory budget's estimate for running `spec` on a `format` image of `size`

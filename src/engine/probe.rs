@@ -9,7 +9,7 @@
 use std::io::Cursor;
 
 use crate::config::Limits;
-use crate::engine::Format;
+use crate::engine::{decode, Format};
 use crate::error::{Error, Result};
 
 /// What the header says about an image.
@@ -32,12 +32,7 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
     if let Some(claimed) = claimed_dimensions(format, bytes) {
         check_pixels(claimed, limits)?;
     }
-    let (width, height) =
-        image::ImageReader::with_format(Cursor::new(bytes), format.to_image_format())
-            .into_dimensions()
-            .map_err(|err| {
-                Error::undecodable(format!("cannot read this {format} header: {err}"))
-            })?;
+    let (width, height) = header_size(format, bytes)?;
     if width == 0 || height == 0 {
         return Err(Error::undecodable(format!(
             "this {format} claims a size of {width}x{height}: an image needs at least one pixel"
@@ -73,6 +68,19 @@ fn check_pixels((width, height): (u32, u32), limits: &Limits) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The size in the header, as the decoder will read it. JPEGs go through libjpeg's
+/// own header reader: the image crate's JPEG decoder copies the whole file into a
+/// buffer of its own first (10 MB for a camera photo, on every upload and render).
+pub(crate) fn header_size(format: Format, bytes: &[u8]) -> Result<(u32, u32)> {
+    let size = match format {
+        Format::Jpeg => decode::jpeg_header_size(bytes),
+        _ => image::ImageReader::with_format(Cursor::new(bytes), format.to_image_format())
+            .into_dimensions()
+            .map_err(|err| err.to_string()),
+    };
+    size.map_err(|err| Error::undecodable(format!("cannot read this {format} header: {err}")))
 }
 
 /// The size a header claims, read at fixed offsets, for the formats where that is

@@ -111,6 +111,18 @@ fn decode_unguarded(
     Ok(image)
 }
 
+/// The size the header declares, read by libjpeg straight from `bytes`; libjpeg's
+/// message if it cannot read the header.
+pub fn header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+    let read = std::panic::catch_unwind(|| {
+        Decompress::new_mem(bytes).map(|header| (header.width() as u32, header.height() as u32))
+    });
+    match read {
+        Ok(read) => read.map_err(|err| err.to_string()),
+        Err(payload) => Err(super::panic_message(payload)),
+    }
+}
+
 /// The smallest DCT scale (n/8, n in 1, 2, 4, 8) that keeps the image at least
 /// [`SHRINK_MARGIN`] times `needed` on both sides.
 pub(super) fn dct_scale(full: (u32, u32), needed: (u32, u32)) -> u8 {

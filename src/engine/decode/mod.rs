@@ -56,6 +56,11 @@ pub fn is_progressive_jpeg(bytes: &[u8]) -> bool {
     progressive::is_progressive(bytes)
 }
 
+/// The size a JPEG's header declares, or libjpeg's complaint about the header.
+pub fn jpeg_header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+    jpeg::header_size(bytes)
+}
+
 /// Decodes a probed image and turns it upright. `plan` receives the upright size and
 /// returns the smallest size the pipeline needs (`None`: full size), or an error.
 pub fn decode(
@@ -108,17 +113,20 @@ fn upright((width, height): (u32, u32), orientation: Orientation) -> (u32, u32) 
 fn unwinding_libjpeg<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result,
-        Err(payload) => {
-            let why = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "corrupt data".to_string());
-            Err(Error::undecodable(format!(
-                "this jpeg cannot be decoded: {why}"
-            )))
-        }
+        Err(payload) => Err(Error::undecodable(format!(
+            "this jpeg cannot be decoded: {}",
+            panic_message(payload)
+        ))),
     }
+}
+
+/// What libjpeg said, from the panic its error handler unwound with.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "corrupt data".to_string())
 }
 
 fn decode_error(format: Format, err: ImageError) -> Error {

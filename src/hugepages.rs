@@ -6,14 +6,11 @@
 //! (its mmap threshold is pinned, see `main`), so every 4 KiB page of it is
 //! page-faulted and zeroed on first touch: under load on the 10 MP photo, faults were
 //! a quarter of the server's CPU. Mapped in 2 MiB huge pages, the same buffer takes
-//! five faults instead of 2,400. Even so the kernel zeroes every fresh page, which was
-//! the largest cost of an upload after SHA-1 (29% of its CPU), so up to
-//! [`POOL_BYTES`] of freed mappings are kept and handed out again, already faulted in;
-//! the rest go straight back to the kernel, so the peak stays bounded. Where
-//! transparent huge pages are off, `madvise` is a no-op.
+//! five faults instead of 2,400. Freed blocks still go straight back to the kernel,
+//! so the bounded peak the memory budget promises is kept. Where transparent huge
+//! pages are off, `madvise` is a no-op and this is what glibc would have done.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
 
 /// The size of a huge page on x86-64 and arm64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
@@ -22,73 +19,18 @@ const HUGE_PAGE: usize = 2 << 20;
 /// much of their last huge page.
 pub const THRESHOLD: usize = 4 << 20;
 
-/// At most this much freed memory is kept for reuse (in at most [`POOL_SLOTS`]
-/// mappings): a few uploads' or sources' worth.
-pub const POOL_BYTES: usize = 64 << 20;
-const POOL_SLOTS: usize = 16;
-
 /// See the module documentation.
 pub struct HugePages;
 
-static POOL: Pool = Pool::new(POOL_BYTES);
-
-/// Freed huge mappings kept for reuse: (address, length) pairs in a fixed array, since
-/// an allocator cannot allocate for its own bookkeeping.
-struct Pool {
-    slots: Mutex<[(usize, usize); POOL_SLOTS]>,
-    capacity: usize,
-}
-
-impl Pool {
-    const fn new(capacity: usize) -> Pool {
-        Pool {
-            slots: Mutex::new([(0, 0); POOL_SLOTS]),
-            capacity,
-        }
-    }
-
-    /// The smallest kept mapping of at least `len` bytes, its excess unmapped.
-    fn take(&self, len: usize) -> Option<*mut u8> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots
-            .iter_mut()
-            .filter(|slot| slot.1 >= len)
-            .min_by_key(|slot| slot.1)?;
-        let (address, kept) = std::mem::take(slot);
-        drop(slots);
-        if kept > len {
-            // SAFETY: the tail lies inside a mapping this pool owned and now hands out
-            // without it.
-            unsafe { libc::munmap((address + len) as *mut libc::c_void, kept - len) };
-        }
-        Some(address as *mut u8)
-    }
-
-    /// Keeps a mapping of `len` bytes if there is room, else gives it back to the kernel.
-    fn put(&self, address: *mut u8, len: usize) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = slots.iter().map(|slot| slot.1).sum();
-        let free = slots.iter_mut().find(|slot| slot.1 == 0);
-        match free {
-            Some(slot) if held + len <= self.capacity => *slot = (address as usize, len),
-            // SAFETY: a mapping of `len` bytes that nothing else refers to any more.
-            _ => unsafe {
-                libc::munmap(address.cast(), len);
-            },
-        }
-    }
-}
-
 // SAFETY: every block is either System's, or a private anonymous mapping of
-// `mapped_len(size)` bytes at a 2 MiB boundary that `dealloc` pools or unmaps with the
-// same length; `layout.size()` (which decides between the two) is the same at `alloc` and
+// `mapped_len(size)` bytes at a 2 MiB boundary that `dealloc` unmaps with the same
+// length; `layout.size()` (which decides between the two) is the same at `alloc` and
 // `dealloc` by GlobalAlloc's contract, and `realloc` moves blocks between the two
 // kinds through `alloc` and `dealloc`.
 unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_huge(layout) {
-            let len = mapped_len(layout.size());
-            POOL.take(len).unwrap_or_else(|| map_huge(len))
+            map_huge(layout.size())
         } else {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.alloc(layout) }
@@ -97,15 +39,7 @@ unsafe impl GlobalAlloc for HugePages {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_huge(layout) {
-            let len = mapped_len(layout.size());
-            match POOL.take(len) {
-                // SAFETY: a whole mapping of at least `layout.size()` bytes, now ours.
-                Some(reused) => unsafe {
-                    reused.write_bytes(0, layout.size());
-                    reused
-                },
-                None => map_huge(len), // fresh anonymous mappings come zeroed
-            }
+            map_huge(layout.size()) // anonymous mappings are zeroed by the kernel
         } else {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.alloc_zeroed(layout) }
@@ -114,7 +48,8 @@ unsafe impl GlobalAlloc for HugePages {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if is_huge(layout) {
-            POOL.put(ptr, mapped_len(layout.size()));
+            // SAFETY: mapped by `map_huge` with this length (see the impl's comment).
+            unsafe { libc::munmap(ptr.cast(), mapped_len(layout.size())) };
         } else {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.dealloc(ptr, layout) }
@@ -148,9 +83,10 @@ fn mapped_len(size: usize) -> usize {
     size.next_multiple_of(HUGE_PAGE)
 }
 
-/// A fresh mapping of `len` bytes (a multiple of 2 MiB) at a 2 MiB boundary, advised
-/// for huge pages; null if the kernel refuses it.
-fn map_huge(len: usize) -> *mut u8 {
+/// A fresh mapping of `mapped_len(size)` bytes at a 2 MiB boundary, advised for huge
+/// pages; null if the kernel refuses it.
+fn map_huge(size: usize) -> *mut u8 {
+    let len = mapped_len(size);
     // Over-map by one huge page, then trim the ends to the aligned middle.
     // SAFETY: a new private anonymous mapping touches no existing memory.
     let raw = unsafe {
@@ -209,24 +145,6 @@ mod tests {
             assert_eq!(std::slice::from_raw_parts(shrunk, 100), &[7; 100]);
             allocator.dealloc(shrunk, Layout::from_size_align(100, 8).unwrap());
         }
-    }
-
-    #[test]
-    fn freed_mappings_are_reused_up_to_the_pool_size() {
-        let pool = Pool::new(3 * HUGE_PAGE);
-        let first = map_huge(2 * HUGE_PAGE);
-        let second = map_huge(2 * HUGE_PAGE);
-        pool.put(first, 2 * HUGE_PAGE);
-        pool.put(second, 2 * HUGE_PAGE); // over capacity: unmapped, not kept
-        assert_eq!(pool.take(4 * HUGE_PAGE), None, "nothing that large is kept");
-        assert_eq!(
-            pool.take(HUGE_PAGE),
-            Some(first),
-            "trimmed to size and reused"
-        );
-        assert_eq!(pool.take(HUGE_PAGE), None, "handed out once");
-        // SAFETY: the trimmed block is ours, one huge page long.
-        unsafe { libc::munmap(first.cast(), HUGE_PAGE) };
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub struct HugePages;
 // SAFETY: every block is either System's, or a private anonymous mapping of
 // `mapped_len(size)` bytes at a 2 MiB boundary that `dealloc` unmaps with the same
 // length; `layout.size()` (which decides between the two) is the same at `alloc` and
-// `dealloc` by GlobalAlloc's contract, and `realloc` moves blocks between the two
-// kinds through `alloc` and `dealloc`.
+// `dealloc` by GlobalAlloc's contract, and `realloc` keeps a mapping only for a size
+// of the same mapped length, else moves the block through `alloc` and `dealloc`.
 unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_huge(layout) {
@@ -62,6 +62,12 @@ unsafe impl GlobalAlloc for HugePages {
         if !is_huge(layout) && !is_huge(new_layout) {
             // SAFETY: forwarded with the caller's guarantees.
             return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        if is_huge(layout)
+            && is_huge(new_layout)
+            && mapped_len(layout.size()) == mapped_len(new_size)
+        {
+            return ptr; // the mapping already holds the new size
         }
         // SAFETY: as the default `realloc` does: a new block, a copy, the old freed.
         unsafe {
@@ -136,6 +142,12 @@ mod tests {
             let slice = std::slice::from_raw_parts_mut(block, size);
             assert!(slice.iter().all(|&b| b == 0), "zeroed");
             slice.fill(7);
+
+            // Within the same mapping, nothing moves.
+            let same = allocator.realloc(block, layout, size + 1);
+            assert_eq!(same, block, "still fits its mapping");
+            let block = same;
+            let layout = Layout::from_size_align(size + 1, 8).unwrap();
 
             // Large to larger, then down to small: the contents move each time.
             let grown = allocator.realloc(block, layout, 2 * size);

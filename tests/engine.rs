@@ -436,51 +436,52 @@ async fn exif_orientations_one_to_eight_come_out_upright(backend: Backend) {
     }
 }
 
-async fn embedded_icc_profiles_are_converted_to_srgb(backend: Backend) {
-    use lcms2::{CIExyY, CIExyYTRIPLE, Intent, PixelFormat, Profile, ToneCurve, Transform};
-    // An Adobe-RGB-like profile: wider green primary than sRGB.
+/// An Adobe-RGB-like profile: sRGB's white, red and blue, a wider green, gamma 2.2.
+fn wide_gamut() -> lcms2::Profile {
+    use lcms2::{CIExyY, CIExyYTRIPLE, Profile, ToneCurve};
+    let point = |x, y| CIExyY { x, y, Y: 1.0 };
+    let primaries = CIExyYTRIPLE {
+        Red: point(0.64, 0.33),
+        Green: point(0.21, 0.71),
+        Blue: point(0.15, 0.06),
+    };
     let curve = ToneCurve::new(2.2);
-    let wide = Profile::new_rgb(
-        &CIExyY {
-            x: 0.3127,
-            y: 0.3290,
-            Y: 1.0,
-        },
-        &CIExyYTRIPLE {
-            Red: CIExyY {
-                x: 0.64,
-                y: 0.33,
-                Y: 1.0,
-            },
-            Green: CIExyY {
-                x: 0.21,
-                y: 0.71,
-                Y: 1.0,
-            },
-            Blue: CIExyY {
-                x: 0.15,
-                y: 0.06,
-                Y: 1.0,
-            },
-        },
+    Profile::new_rgb(
+        &point(0.3127, 0.3290),
+        &primaries,
         &[&curve, &curve, &curve],
     )
-    .unwrap();
-    let colour = [90u8, 160, 90];
-    let mut expected = [0u8; 3];
+    .unwrap()
+}
+
+/// What `colour` tagged with `profile` is in sRGB, by lcms2 directly: the reference.
+/// Fails unless the conversion moves it noticeably, so that a test using it can fail.
+fn in_srgb(profile: &lcms2::Profile, colour: [u8; 3]) -> [u8; 3] {
+    use lcms2::{Intent, PixelFormat, Profile, Transform};
+    let mut converted = [0u8; 3];
     Transform::<u8, u8>::new(
-        &wide,
+        profile,
         PixelFormat::RGB_8,
         &Profile::new_srgb(),
         PixelFormat::RGB_8,
         Intent::Perceptual,
     )
     .unwrap()
-    .transform_pixels(&colour, &mut expected);
+    .transform_pixels(&colour, &mut converted);
     assert!(
-        expected.iter().zip(colour).any(|(e, c)| e.abs_diff(c) > 10),
-        "the profiles differ: {expected:?}"
+        converted
+            .iter()
+            .zip(colour)
+            .any(|(c, o)| c.abs_diff(o) > 10),
+        "the profile should move {colour:?}: {converted:?}"
     );
+    converted
+}
+
+async fn embedded_icc_profiles_are_converted_to_srgb(backend: Backend) {
+    let wide = wide_gamut();
+    let colour = [90u8, 160, 90];
+    let expected = in_srgb(&wide, colour);
 
     let flat = DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, Rgb(colour)));
     let tagged = jpeg_with_icc(&encode(&flat, ImageFormat::Jpeg), &wide.icc().unwrap());
@@ -497,20 +498,13 @@ async fn embedded_icc_profiles_are_converted_to_srgb(backend: Backend) {
 async fn sixteen_bit_and_gray_images_are_colour_managed_too(backend: Backend) {
     use image::codecs::png::PngEncoder;
     use image::{ExtendedColorType, ImageEncoder, Luma};
-    use lcms2::{CIExyY, CIExyYTRIPLE, Intent, PixelFormat, Profile, ToneCurve, Transform};
+    use lcms2::{CIExyY, Profile, ToneCurve};
+    let wide = wide_gamut();
     let white = CIExyY {
         x: 0.3127,
         y: 0.3290,
         Y: 1.0,
     };
-    let primary = |x, y| CIExyY { x, y, Y: 1.0 };
-    let curve = ToneCurve::new(2.2);
-    let primaries = CIExyYTRIPLE {
-        Red: primary(0.64, 0.33),
-        Green: primary(0.21, 0.71),
-        Blue: primary(0.15, 0.06),
-    };
-    let wide = Profile::new_rgb(&white, &primaries, &[&curve, &curve, &curve]).unwrap();
     let linear_gray = Profile::new_gray(&white, &ToneCurve::new(1.0)).unwrap();
     let png = |samples: &[u8], width: u32, colour: ExtendedColorType, icc: Vec<u8>| {
         let mut out = Vec::new();
@@ -522,20 +516,7 @@ async fn sixteen_bit_and_gray_images_are_colour_managed_too(backend: Backend) {
 
     // 16-bit RGB, a colour inside sRGB's gamut (lcms2's 8 and 16-bit paths clip
     // differently in the last few levels near black).
-    let mut expected = [0u8; 3];
-    Transform::<u8, u8>::new(
-        &wide,
-        PixelFormat::RGB_8,
-        &Profile::new_srgb(),
-        PixelFormat::RGB_8,
-        Intent::Perceptual,
-    )
-    .unwrap()
-    .transform_pixels(&[130, 160, 120], &mut expected);
-    assert!(expected
-        .iter()
-        .zip([130, 160, 120])
-        .any(|(e, c)| e.abs_diff(c) > 10));
+    let expected = in_srgb(&wide, [130, 160, 120]);
     let colour = [130u16 * 257, 160 * 257, 120 * 257];
     let samples: Vec<u8> = (0..16 * 16)
         .flat_map(|_| colour)

@@ -209,6 +209,7 @@ fn run_serve(args: Serve) -> Result<(), String> {
         tracing::info!(
             listen = %listener.local_addr().map_err(|e| e.to_string())?,
             store = %settings.store,
+            avif_encoder = %progimage::engine::encode::avif::encoder_name(),
             "progimage is serving"
         );
         let service = Service::new(&settings, store).map_err(|e| e.to_string())?;

@@ -241,8 +241,9 @@ impl Engine {
     /// (as stored): the decoded image after shrink-on-load and the largest image a step
     /// makes, 8 bytes a pixel each (an RGBA copy and a working copy), and for a
     /// progressive JPEG libjpeg's whole-image coefficients (3 bytes a pixel at 4:2:0;
-    /// 6 counted, for 4:4:4). `progressive: None` (not known yet) counts them for any
-    /// JPEG. The EXIF orientation is not known here either, so both are assumed and
+    /// 6 counted, for 4:4:4), and for AVIF output the AV1 encoder's own frame copies
+    /// (14-17 bytes a pixel measured with libaom and rav1e on a 10 MP photo; 16
+    /// counted). `progressive: None` (not known yet) counts them for any JPEG. The EXIF orientation is not known here either, so both are assumed and
     /// the larger taken. A reservation, not a measurement: it errs high.
     pub fn estimated_memory(
         &self,
@@ -265,7 +266,11 @@ impl Engine {
             (Format::Jpeg, Some(true) | None) => u64::from(width) * u64::from(height) * 6,
             _ => 0,
         };
-        pixels * 8 + coefficients
+        let encoder = match spec.output.resolve(format) {
+            Format::Avif => pipeline.largest_output((width, height)) * 16,
+            _ => 0,
+        };
+        pixels * 8 + coefficients + encoder
     }
 
     /// Identifies and checks an image from its header (see [`probe::probe`]).
@@ -351,6 +356,11 @@ mod tests {
         let big = spec("resize", &[("w", "3000")]).unwrap();
         let large = engine.estimated_memory(Format::Jpeg, (4000, 3000), Some(false), &big);
         assert!(large >= 4000 * 3000 * 8, "{large}");
+
+        // An AV1 encoder keeps its own copies of the output frame.
+        let avif = spec("resize", &[("w", "3000"), ("format", "avif")]).unwrap();
+        let encoded = engine.estimated_memory(Format::Jpeg, (4000, 3000), Some(false), &avif);
+        assert_eq!(encoded, large + 3000 * 2250 * 16);
     }
 
     #[test]

@@ -5,23 +5,18 @@
 //! images are reduced to 8 bits for the formats that cannot carry more.
 //!
 //! JPEG goes through mozjpeg (libjpeg-turbo's SIMD code; about ten times faster than
-//! image's encoder), WebP through libwebp (lossy and lossless), AVIF through ravif.
+//! image's encoder), WebP through libwebp (lossy and lossless), AVIF as [`avif`] says.
+
+pub mod avif;
 
 use std::io::Cursor;
 
-use image::codecs::avif::AvifEncoder;
 use image::codecs::gif::GifEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::{DynamicImage, ImageEncoder, ImageError, Rgb, RgbImage};
+use image::{DynamicImage, ImageError, Rgb, RgbImage};
 
 use crate::engine::{Format, OutputOptions};
 use crate::error::{Error, Result};
-
-/// ravif speed (1 slowest .. 10 fastest). Measured on the 10 MP camera photo, one
-/// core: speed 8 took 16 s, speed 10 took 4.4 s for a file 4% larger. rav1e cannot
-/// reach the second a 12 MP encode should take; thumbnails (the common AVIF request,
-/// via format=auto) take milliseconds either way.
-const AVIF_SPEED: u8 = 10;
 
 /// Encodes `image` as `format` with the output options that apply to it.
 pub fn encode(image: &DynamicImage, format: Format, options: &OutputOptions) -> Result<Vec<u8>> {
@@ -39,25 +34,7 @@ pub fn encode(image: &DynamicImage, format: Format, options: &OutputOptions) -> 
                 .map_err(|e| failed(e.to_string()))?;
             Ok(out)
         }
-        Format::Avif => {
-            let mut out = Vec::new();
-            let encoder =
-                AvifEncoder::new_with_speed_quality(&mut out, AVIF_SPEED, options.quality);
-            let pixels = if image.color().has_alpha() {
-                DynamicImage::ImageRgba8(image.to_rgba8())
-            } else {
-                DynamicImage::ImageRgb8(image.to_rgb8())
-            };
-            encoder
-                .write_image(
-                    pixels.as_bytes(),
-                    pixels.width(),
-                    pixels.height(),
-                    pixels.color().into(),
-                )
-                .map_err(|e| failed(e.to_string()))?;
-            Ok(out)
-        }
+        Format::Avif => avif::encode(image, options.quality).map_err(failed),
         Format::Gif => {
             let mut out = Vec::new();
             GifEncoder::new_with_speed(&mut out, 10)

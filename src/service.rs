@@ -437,6 +437,14 @@ impl Service {
         })
     }
 
+    /// Whether `err` says the bytes are not an image the engine reads.
+    fn unreadable(err: &Error) -> bool {
+        matches!(
+            err.kind,
+            ErrorKind::UnsupportedMediaType | ErrorKind::Undecodable | ErrorKind::TooLarge
+        )
+    }
+
     /// A page of stored images after `cursor`, each with its sidecar; with `tag`,
     /// only those tagged so. Sidecars are read 8 at a time. A tag filter scans: it
     /// reads every sidecar after the cursor until the page is full, at most
@@ -454,15 +462,31 @@ impl Service {
         loop {
             let ids = self.store.ids_after(after.as_ref(), batch).await?;
             let exhausted = ids.len() < batch;
-            let sidecars: Vec<(ImageId, Sidecar)> = stream::iter(ids)
+            let sidecars: Vec<Option<(ImageId, Sidecar)>> = stream::iter(ids)
                 .map(|id| async move {
-                    let sidecar = self.sidecar(&id).await?;
-                    Ok::<_, Error>((id, sidecar))
+                    match self.sidecar(&id).await {
+                        Ok(sidecar) => Ok(Some((id, sidecar))),
+                        // Deleted since the listing saw it.
+                        Err(err) if err.kind == ErrorKind::NotFound => Ok(None),
+                        // A bare blob the engine cannot read is still in the store,
+                        // so it is listed, as no more than its name.
+                        Err(err) if Self::unreadable(&err) => {
+                            let file_name = id.to_string();
+                            Ok(Some((
+                                id,
+                                Sidecar {
+                                    file_name,
+                                    ..Sidecar::default()
+                                },
+                            )))
+                        }
+                        Err(err) => Err(err),
+                    }
                 })
                 .buffered(8)
                 .try_collect()
                 .await?;
-            for (id, sidecar) in sidecars {
+            for (id, sidecar) in sidecars.into_iter().flatten() {
                 scanned += 1;
                 let wanted = tag.is_none_or(|tag| sidecar.tags.iter().any(|t| t == tag));
                 if wanted && images.len() == limit {

@@ -232,4 +232,20 @@ async fn a_premade_progimage_filebase_is_served_as_is(backend: Backend) {
         (meta["width"].as_u64(), meta["height"].as_u64()),
         (Some(30), Some(20))
     );
+
+    // A blob that is not an image at all is listed by name, not a failed listing.
+    let junk = b"left here by something else".to_vec();
+    let junk_id = sha1_hex(&junk);
+    server.write_object(&blob_key(&junk_id), &junk).await;
+    let listing: serde_json::Value = server.get_json("/images/").await;
+    let listed: Vec<(&str, Option<u64>)> = listing["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| (image["id"].as_str().unwrap(), image["width"].as_u64()))
+        .collect();
+    assert_eq!(listed.len(), 3, "{listing}");
+    assert!(listed.contains(&(id.as_str(), None)), "{listing}");
+    assert!(listed.contains(&(bare_id.as_str(), Some(30))), "{listing}");
+    assert!(listed.contains(&(junk_id.as_str(), None)), "{listing}");
 }

@@ -89,11 +89,6 @@ impl Format {
         self != Format::Avif
     }
 
-    /// Whether transforms can produce this format: every one.
-    pub fn is_writable(self) -> bool {
-        true
-    }
-
     /// Whether a transform of a source in this format stays in it by default; the
     /// others (BMP, TIFF: not for the web) become PNG.
     pub fn keeps_itself(self) -> bool {

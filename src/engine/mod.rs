@@ -218,7 +218,7 @@ impl Engine {
             "transforms": transforms,
             "output_params": output::OUTPUT_PARAMS,
             "input_formats": names(|f| f.is_readable()),
-            "output_formats": names(|f| f.is_writable()),
+            "output_formats": names(|_| true),
             "presets": self.presets.describe(),
             "pipeline_max_steps": pipeline::MAX_STEPS,
         })

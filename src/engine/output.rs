@@ -88,7 +88,7 @@ impl OutputOptions {
                     webp: accepts(accept, "image/webp"),
                 };
             } else {
-                let fixed = Format::from_name(value).filter(|f| f.is_writable()).ok_or_else(|| {
+                let fixed = Format::from_name(value).ok_or_else(|| {
                     Error::bad_request(
                         "invalid_parameter",
                         format!(

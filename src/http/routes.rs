@@ -152,7 +152,7 @@ impl Route {
         match segment.split_once('.') {
             None => Ok(Route::Original(ImageId::parse(segment)?)),
             Some((id, extension)) => {
-                let format = Format::from_name(extension).filter(|f| f.is_writable()).ok_or_else(|| {
+                let format = Format::from_name(extension).ok_or_else(|| {
                     Error::not_found(
                         "route_not_found",
                         format!("images can be converted to .jpg, .png, .webp, .gif, .avif, .bmp or .tiff, not .{extension}"),

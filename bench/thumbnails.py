@@ -9,8 +9,8 @@ photo, each tool in its own fresh process (single-threaded, caches off):
   - median wall time of N thumbnails, encoded bytes in, encoded bytes out;
   - peak extra memory: the most resident memory during the runs, minus the process's
     resident memory before the first one (so interpreter and binary sizes cancel out);
-  - PSNR of its output against a reference: the full image decoded and resized with
-    Lanczos by Pillow, no shortcuts, to the same size.
+  - PSNR (RGB) and SSIM (luma) of its output against a reference: the full image
+    decoded and resized with Lanczos by Pillow, no shortcuts, to the same size.
 Times are also given as ratios to the faster peer measured in the same run, which is
 what the targets are about: these machines are shared and noisy.
 """
@@ -89,7 +89,9 @@ def peer(tool, path, runs, out):
     return json.loads(result.stdout)
 
 
-def psnr(output, reference_path):
+def quality(output, reference_path):
+    """PSNR (dB, RGB) and SSIM (luma, 11x11 Gaussian window, sigma 1.5) of `output`
+    against the reference: the full image resized with Lanczos to the same size."""
     import numpy
     from PIL import Image
     got = Image.open(output).convert("RGB")
@@ -99,7 +101,30 @@ def psnr(output, reference_path):
     a = numpy.asarray(got, dtype=numpy.float64)
     b = numpy.asarray(reference, dtype=numpy.float64)
     mse = numpy.mean((a - b) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return psnr, ssim(a @ LUMA, b @ LUMA)
+
+
+LUMA = [0.299, 0.587, 0.114]
+
+
+def ssim(a, b):
+    import numpy
+    window = numpy.exp(-0.5 * ((numpy.arange(11) - 5) / 1.5) ** 2)
+    window /= window.sum()
+
+    def blur(x):
+        rows = numpy.apply_along_axis(numpy.convolve, 1, x, window, mode="valid")
+        return numpy.apply_along_axis(numpy.convolve, 0, rows, window, mode="valid")
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    covariance = blur(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * covariance + c2)) / (
+        (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
 
 
 def main():
@@ -128,15 +153,15 @@ def main():
                 measured = ours(binary, path, args.runs, out) if tool == "progimage" else peer(tool, path, args.runs, out)
                 if tool == "progimage":
                     measured["peak_extra_kb"] = measured.pop("peak_rss_kb") - measured.pop("start_rss_kb", 0)
-                measured["psnr"] = psnr(out, path)
+                measured["psnr"], measured["ssim"] = quality(out, path)
                 row[tool] = measured
                 print(f"{name:42} {tool:9} {measured['median_ms']:8.2f} ms  "
-                      f"{measured['peak_extra_kb'] / 1024:7.1f} MiB  {measured['psnr']:5.2f} dB", file=sys.stderr)
+                      f"{measured['peak_extra_kb'] / 1024:7.1f} MiB  {measured['psnr']:5.2f} dB  SSIM {measured['ssim']:.4f}", file=sys.stderr)
             rows.append(row)
 
     lines = [
-        "| file | progimage ms | libvips ms | Pillow ms | ratio to faster peer | peak extra MiB (ours / vips / Pillow) | PSNR dB vs Lanczos (ours / vips / Pillow) |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| file | progimage ms | libvips ms | Pillow ms | ratio to faster peer | peak extra MiB (ours / vips / Pillow) | PSNR dB vs Lanczos (ours / vips / Pillow) | SSIM vs Lanczos (ours / vips / Pillow) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     ratios = []
     for row in rows:
@@ -145,10 +170,11 @@ def main():
         ratios.append(ratio)
         mib = " / ".join(f"{row[t]['peak_extra_kb'] / 1024:.1f}" for t in ("progimage", "libvips", "Pillow"))
         db = " / ".join(f"{row[t]['psnr']:.1f}" for t in ("progimage", "libvips", "Pillow"))
+        similarity = " / ".join(f"{row[t]['ssim']:.4f}" for t in ("progimage", "libvips", "Pillow"))
         lines.append(f"| {row['file']} | {row['progimage']['median_ms']:.1f} | {row['libvips']['median_ms']:.1f} | "
-                     f"{row['Pillow']['median_ms']:.1f} | {ratio:.2f} | {mib} | {db} |")
+                     f"{row['Pillow']['median_ms']:.1f} | {ratio:.2f} | {mib} | {db} | {similarity} |")
     geomean = math.exp(statistics.fmean(math.log(r) for r in ratios)) if ratios else float("nan")
-    lines.append(f"| **geometric mean** | | | | **{geomean:.2f}** | | |")
+    lines.append(f"| **geometric mean** | | | | **{geomean:.2f}** | | | |")
     table = "\n".join(lines)
     print(table)
 

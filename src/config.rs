@@ -104,6 +104,9 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// Seconds a request body may send nothing before it is refused (408).
     pub body_read_timeout_secs: u64,
+    /// Least average rate of a request body once `body_read_timeout_secs` have passed
+    /// (408 below it); 0 checks none.
+    pub min_body_bytes_per_sec: u64,
     /// Seconds a response may make no progress (a client that stopped reading) before
     /// the connection is dropped.
     pub write_timeout_secs: u64,
@@ -199,6 +202,7 @@ impl Default for Limits {
             max_frames: 100,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 30,
+            min_body_bytes_per_sec: 1024,
             write_timeout_secs: 30,
             max_connections: 1024,
             memory_budget_bytes: 256 * 1024 * 1024,

@@ -51,6 +51,36 @@ async fn a_body_that_stalls_gets_408_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn a_body_that_trickles_gets_408_once_the_grace_period_is_over() {
+    let server = TestServer::on_with(Backend::Memory, |settings| {
+        settings.limits.body_read_timeout_secs = 1;
+        settings.limits.min_body_bytes_per_sec = 1000;
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head =
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 100000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Never silent for the 1 s idle timeout, but far below 1000 bytes a second.
+    let body = png(10, 10);
+    let trickle = async {
+        for byte in body.iter().cycle() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
+    let (response, _) = read_until_closed(&mut stream).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"body_too_slow\""), "{response}");
+    assert!(response.contains("1000 bytes a second"), "{response}");
+    assert!(server.stored_files().await.is_empty());
+}
+
+#[tokio::test]
 async fn headers_that_stall_are_cut_off() {
     let server = server_with_short_timeouts().await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();

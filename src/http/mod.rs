@@ -64,7 +64,7 @@ pub struct App {
     access: Access,
     fetcher: Fetcher,
     public_url: String,
-    body_idle: Duration,
+    body_pace: slow::Pace,
 }
 
 /// The header that carries a request's id, in and out.
@@ -78,7 +78,10 @@ impl App {
             access: Access::new(&settings.access)?,
             fetcher: Fetcher::new(&settings.fetch)?,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
-            body_idle: Duration::from_secs(settings.limits.body_read_timeout_secs),
+            body_pace: slow::Pace {
+                idle: Duration::from_secs(settings.limits.body_read_timeout_secs),
+                min_bytes_per_sec: settings.limits.min_body_bytes_per_sec,
+            },
         })
     }
 
@@ -160,7 +163,7 @@ impl App {
         let (parts, body) = request.into_parts();
         let metrics = Arc::clone(self.service.metrics());
         // Wrapped first, so that a refusal (401 included) lingers on the unread body.
-        let chunks = slow::with_idle_timeout(body, self.body_idle)
+        let chunks = slow::paced(body, self.body_pace)
             .inspect_ok(move |chunk| metrics.received(chunk.len() as u64));
         let caller = self.access.authorize(&parts.headers, route.need())?;
         let head_only = parts.method == Method::HEAD;

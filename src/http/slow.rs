@@ -2,9 +2,11 @@
 //! response must not hold a connection (and the memory behind it) forever.
 //!
 //! - Headers: hyper's own `header_read_timeout` (set in [`super::serve`]).
-//! - Bodies: [`with_idle_timeout`] ends a body that sends nothing for
-//!   `body_read_timeout_secs`: 408, and the connection closes. A body left unread by
-//!   a refusal is discarded for a while after the answer (a lingering close).
+//! - Bodies: [`paced`] ends a body that sends nothing for `body_read_timeout_secs`,
+//!   or that averages less than `min_body_bytes_per_sec` once that long has passed
+//!   (a trickle of a byte now and then resets no idle timer for long): 408, and the
+//!   connection closes. A body left unread by a refusal is discarded for a while
+//!   after the answer (a lingering close).
 //! - Responses: [`WriteTimeout`] fails a connection whose writes make no progress for
 //!   `write_timeout_secs` (a client that stopped reading): hyper drops it.
 //! - Connections: at most `max_connections` at once; more wait in the listen backlog.
@@ -33,6 +35,8 @@ pub enum BodyError {
     Interrupted(hyper::Error),
     /// Nothing arrived for this long.
     Stalled(Duration),
+    /// Less than this many bytes a second arrived on average.
+    TooSlow(u64),
 }
 
 impl fmt::Display for BodyError {
@@ -43,6 +47,10 @@ impl fmt::Display for BodyError {
                 f,
                 "the body stalled: nothing arrived for {} s",
                 idle.as_secs()
+            ),
+            BodyError::TooSlow(rate) => write!(
+                f,
+                "the body is too slow: it must average at least {rate} bytes a second"
             ),
         }
     }
@@ -57,30 +65,59 @@ impl From<BodyError> for Error {
             BodyError::Stalled(_) => {
                 Error::new(ErrorKind::RequestTimeout, "body_timeout", err.to_string())
             }
+            BodyError::TooSlow(_) => {
+                Error::new(ErrorKind::RequestTimeout, "body_too_slow", err.to_string())
+            }
         }
     }
 }
 
+/// How a request body must keep coming (from the settings' limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// The longest silence; also the grace period before the rate counts.
+    pub idle: Duration,
+    /// The least average rate after the grace period; 0 checks none.
+    pub min_bytes_per_sec: u64,
+}
+
+impl Pace {
+    /// Whether `received` bytes after `elapsed` are too few.
+    fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
+        elapsed > self.idle
+            && (received as f64) < self.min_bytes_per_sec as f64 * elapsed.as_secs_f64()
+    }
+}
+
 /// A request body as chunks that fail with [`BodyError::Stalled`] when the client
-/// sends nothing for `idle`.
+/// sends nothing for `pace.idle`, and with [`BodyError::TooSlow`] when, that long
+/// after the first poll, it has averaged less than `pace.min_bytes_per_sec`.
 ///
 /// Dropped before its end (a request refused before its body was read: 413, 429,
 /// 401), it goes on reading and discarding the rest in the background, up to
 /// [`LINGER_BYTES`] or [`LINGER_TIME`], as nginx's lingering close does: a client
 /// still sending would otherwise get a connection reset instead of the answer.
-pub fn with_idle_timeout(body: Incoming, idle: Duration) -> RequestBody {
+pub fn paced(body: Incoming, pace: Pace) -> RequestBody {
     // Most requests (GET, HEAD, DELETE) have no body: nothing to time or linger on.
     if hyper::body::Body::is_end_stream(&body) {
         return RequestBody { chunks: None };
     }
     let chunks = body.into_data_stream();
-    let stream = futures::stream::unfold(Some(chunks), move |state| async move {
-        let mut chunks = state?;
-        match tokio::time::timeout(idle, chunks.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+    let started = tokio::time::Instant::now();
+    let state = Some((chunks, 0u64));
+    let stream = futures::stream::unfold(state, move |state| async move {
+        let (mut chunks, received) = state?;
+        match tokio::time::timeout(pace.idle, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let received = received + chunk.len() as u64;
+                if pace.too_slow(received, started.elapsed()) {
+                    return Some((Err(BodyError::TooSlow(pace.min_bytes_per_sec)), None));
+                }
+                Some((Ok(chunk), Some((chunks, received))))
+            }
             Ok(Some(Err(err))) => Some((Err(BodyError::Interrupted(err)), None)),
             Ok(None) => None,
-            Err(_) => Some((Err(BodyError::Stalled(idle)), None)),
+            Err(_) => Some((Err(BodyError::Stalled(pace.idle)), None)),
         }
     })
     .boxed();
@@ -95,7 +132,7 @@ pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 /// How long an unread body is discarded after the response, at most.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// See [`with_idle_timeout`].
+/// See [`paced`].
 pub struct RequestBody {
     /// `None` once the body has ended.
     chunks: Option<BoxStream<'static, Result<Bytes, BodyError>>>,

@@ -305,6 +305,11 @@ impl Service {
         self.engine.catalogue()
     }
 
+    /// The most bytes one uploaded image may have.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_bytes
+    }
+
     /// A buffer for one upload's bytes, refusing a declared length over the limit and
     /// reserving it from the memory budget.
     pub async fn incoming(&self, declared_length: Option<u64>) -> Result<IncomingImage> {

@@ -265,6 +265,24 @@ async fn bodies_over_the_upload_limit_are_413(backend: Backend) {
     let response = server.post_form("/", form).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(server.stored_files().await.is_empty());
+
+    // A file of exactly the limit fits, though its form's framing (and a text field)
+    // make the declared body longer: a JPEG padded with a comment to 4096 bytes.
+    let small = jpeg(16, 16);
+    let padding = 4096 - small.len() - 4;
+    let mut exact = vec![0xFF, 0xD8, 0xFF, 0xFE];
+    exact.extend(u16::try_from(padding + 2).unwrap().to_be_bytes());
+    exact.extend(vec![b' '; padding]);
+    exact.extend(&small[2..]);
+    assert_eq!(exact.len(), 4096);
+    let form = reqwest::multipart::Form::new()
+        .text("desc", "x".repeat(1000))
+        .part("image", reqwest::multipart::Part::bytes(exact.clone()));
+    let response = server.post_form("/", form).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = sha1_hex(&exact);
+    let meta: serde_json::Value = server.get_json(&format!("/images/{id}/meta/")).await;
+    assert_eq!(meta["bytes"], 4096);
 }
 
 async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body(backend: Backend) {

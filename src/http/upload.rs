@@ -43,6 +43,10 @@ pub const IMAGE_FIELD: &str = "image";
 /// Longest accepted `name` or `desc` text field, in bytes.
 const MAX_TEXT_FIELD: u64 = 4096;
 
+/// What a form may carry besides its file: both text fields, and the boundaries and
+/// part headers around the three parts.
+const MULTIPART_FRAMING: u64 = 2 * MAX_TEXT_FIELD + 4096;
+
 /// Reads an upload from a request, enforcing the service's size limit. A JSON body
 /// names a URL, which `fetcher` fetches.
 pub async fn read_upload(
@@ -51,18 +55,28 @@ pub async fn read_upload(
     parts: &Parts,
     chunks: impl Chunks,
 ) -> Result<Upload> {
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let incoming = service.incoming(declared).await?;
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let essence = essence(content_type);
+    // A form's length includes its framing and text fields, so it may pass the limit
+    // by that much while its file stays within it (which the form reader enforces).
+    let framing = match essence.as_str() {
+        "multipart/form-data" => MULTIPART_FRAMING,
+        _ => 0,
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|length| {
+            let file_at_most = length.min(service.max_upload_bytes());
+            length.saturating_sub(framing).max(file_at_most)
+        });
+    let incoming = service.incoming(declared).await?;
     if essence == "application/json" {
         let request: UrlUpload = read_json(parts, chunks).await?;
         for text in [&request.name, &request.desc].into_iter().flatten() {

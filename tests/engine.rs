@@ -20,8 +20,10 @@ on_every_store!(
     embedded_icc_profiles_are_converted_to_srgb,
     sixteen_bit_and_gray_images_are_colour_managed_too,
     cmyk_jpegs_come_out_in_the_right_colours,
+    ycck_jpegs_come_out_in_the_right_colours,
     sixteen_bit_and_gray_alpha_pngs_work,
     an_animated_gif_gives_its_first_frame_as_a_still,
+    apng_and_animated_webp_sources_animate_like_gifs,
     animated_true_keeps_every_frame_in_gif_and_webp,
     animations_over_max_frames_are_413,
     outputs_over_the_limit_are_413_before_decoding,
@@ -433,6 +435,28 @@ async fn exif_orientations_one_to_eight_come_out_upright(backend: Backend) {
             ];
             assert_eq!(layout, [0, 1, 2], "{format} orientation {orientation}");
         }
+        // Formats that could carry the tag get none: viewers must not turn it again.
+        let source = jpeg_with_orientation(&stored, orientation);
+        for format in ["jpeg", "webp"] {
+            let response = server
+                .post_raw(
+                    &format!("/on_demand/convert/?format={format}"),
+                    "image/x",
+                    source.clone(),
+                )
+                .await;
+            let bytes = response.bytes().await.unwrap();
+            assert!(
+                !bytes.windows(6).any(|w| w == b"Exif\0\0"),
+                "{format} {orientation}"
+            );
+            let image = decode(&bytes);
+            assert_eq!(
+                (image.width(), image.height()),
+                (40, 20),
+                "{format} {orientation}"
+            );
+        }
     }
 }
 
@@ -595,6 +619,47 @@ async fn cmyk_jpegs_come_out_in_the_right_colours(backend: Backend) {
     assert!(mean < 6.0, "mean difference {mean}");
 }
 
+/// A CMYK JPEG of one colour, stored as `stored` (CMYK or YCCK), in Adobe's inverted
+/// convention (255 is no ink), which libjpeg writes with an Adobe marker.
+fn cmyk_jpeg(ink: [u8; 4], stored: mozjpeg::ColorSpace) -> Vec<u8> {
+    let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_CMYK);
+    compress.set_color_space(stored);
+    compress.set_size(16, 16);
+    compress.set_quality(95.0);
+    let mut started = compress.start_compress(Vec::new()).unwrap();
+    let inverted = ink.map(|channel| 255 - channel);
+    started.write_scanlines(&inverted.repeat(16 * 16)).unwrap();
+    started.finish().unwrap()
+}
+
+async fn ycck_jpegs_come_out_in_the_right_colours(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    // Magenta and yellow ink make red; cyan and yellow make green.
+    for (ink, expected) in [
+        ([0, 255, 255, 0], [255, 0, 0]),
+        ([255, 0, 255, 0], [0, 255, 0]),
+    ] {
+        for stored in [mozjpeg::ColorSpace::JCS_YCCK, mozjpeg::ColorSpace::JCS_CMYK] {
+            let bytes = cmyk_jpeg(ink, stored);
+            let transform = if stored == mozjpeg::ColorSpace::JCS_YCCK {
+                2
+            } else {
+                0
+            };
+            let adobe = bytes.windows(5).position(|w| w == b"Adobe").unwrap();
+            assert_eq!(bytes[adobe + 11], transform, "stored as {stored:?}");
+            let response = server
+                .post_raw("/on_demand/convert/?format=png", "image/jpeg", bytes)
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let image = decode(&response.bytes().await.unwrap()).to_rgb8();
+            let pixel = image.get_pixel(8, 8).0;
+            let close = pixel.iter().zip(expected).all(|(a, b)| a.abs_diff(b) < 12);
+            assert!(close, "{ink:?} stored as {stored:?}: {pixel:?}");
+        }
+    }
+}
+
 async fn sixteen_bit_and_gray_alpha_pngs_work(backend: Backend) {
     let server = TestServer::on(backend).await;
     let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(30, 20, |x, _| {
@@ -699,6 +764,116 @@ async fn animated_true_keeps_every_frame_in_gif_and_webp(backend: Backend) {
         frames[2].get_pixel(4, 4).0[2] > 200,
         "the last frame is blue"
     );
+}
+
+/// The traffic light as an APNG: each frame's IDAT data taken from a PNG the image
+/// crate encodes, framed with acTL/fcTL/fdAT chunks by hand (nothing here writes APNG).
+fn traffic_light_apng() -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        !bytes.iter().fold(!0u32, |crc, &byte| {
+            (0..8).fold(crc ^ u32::from(byte), |c, _| {
+                (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg())
+            })
+        })
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend(u32::try_from(data.len()).unwrap().to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    /// The chunks of a PNG, as (type, data).
+    fn chunks(png: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut at = 8;
+        while at + 8 <= png.len() {
+            let length = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+            let kind: [u8; 4] = png[at + 4..at + 8].try_into().unwrap();
+            found.push((kind, png[at + 8..at + 8 + length].to_vec()));
+            at += 12 + length;
+        }
+        found
+    }
+    let colours = [[220, 20, 20, 255], [20, 200, 20, 255], [20, 20, 220, 255]];
+    let frames: Vec<Vec<([u8; 4], Vec<u8>)>> = colours
+        .iter()
+        .map(|&colour| {
+            let frame = DynamicImage::ImageRgba8(RgbaImage::from_pixel(16, 16, Rgba(colour)));
+            chunks(&encode(&frame, ImageFormat::Png))
+        })
+        .collect();
+    let mut apng = b"\x89PNG\r\n\x1a\n".to_vec();
+    let header = &frames[0]
+        .iter()
+        .find(|(kind, _)| kind == b"IHDR")
+        .unwrap()
+        .1;
+    chunk(&mut apng, b"IHDR", header);
+    let mut animation = 3u32.to_be_bytes().to_vec();
+    animation.extend(0u32.to_be_bytes()); // loop forever
+    chunk(&mut apng, b"acTL", &animation);
+    let mut sequence = 0u32;
+    for (index, frame) in frames.iter().enumerate() {
+        let mut control = sequence.to_be_bytes().to_vec();
+        sequence += 1;
+        for value in [16u32, 16, 0, 0] {
+            control.extend(value.to_be_bytes()); // width, height, x, y
+        }
+        control.extend([0, 10, 0, 100, 0, 0]); // 10/100 s, no dispose, source blend
+        chunk(&mut apng, b"fcTL", &control);
+        for (_, data) in frame.iter().filter(|(kind, _)| kind == b"IDAT") {
+            if index == 0 {
+                chunk(&mut apng, b"IDAT", data);
+            } else {
+                let mut frame_data = sequence.to_be_bytes().to_vec();
+                sequence += 1;
+                frame_data.extend(data);
+                chunk(&mut apng, b"fdAT", &frame_data);
+            }
+        }
+    }
+    chunk(&mut apng, b"IEND", &[]);
+    apng
+}
+
+async fn apng_and_animated_webp_sources_animate_like_gifs(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    // The server's own animated WebP of the traffic light is the WebP source.
+    let gif_id = upload(&server, &traffic_light()).await;
+    let webp = server
+        .get(&format!(
+            "/images/{gif_id}/convert/?animated=true&format=webp&lossless=true"
+        ))
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    assert!(webp.windows(4).any(|w| w == b"ANIM"), "an animated WebP");
+    for (source, bytes) in [("apng", traffic_light_apng()), ("webp", webp)] {
+        let id = upload(&server, &bytes).await;
+        let still = server
+            .get_image(&format!("/images/{id}/thumbnail/?size=8&format=png"))
+            .await;
+        assert!(is_red(&still, 4, 4), "{source}: the first frame as a still");
+        let gif = server
+            .get(&format!(
+                "/images/{id}/thumbnail/?size=8&animated=true&format=gif"
+            ))
+            .await;
+        assert_eq!(gif.headers()["content-type"], "image/gif", "{source}");
+        let bytes = gif.bytes().await.unwrap().to_vec();
+        let frames =
+            frames_of(image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes)).unwrap());
+        let greens: Vec<u8> = frames.iter().map(|f| f.get_pixel(4, 4).0[1]).collect();
+        assert_eq!(frames.len(), 3, "{source}");
+        assert!(
+            greens[0] < 100 && greens[1] > 150 && greens[2] < 100,
+            "{source}: {greens:?}"
+        );
+    }
 }
 
 async fn animations_over_max_frames_are_413(backend: Backend) {

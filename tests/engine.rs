@@ -446,10 +446,9 @@ async fn exif_orientations_one_to_eight_come_out_upright(backend: Backend) {
                 )
                 .await;
             let bytes = response.bytes().await.unwrap();
-            assert!(
-                !bytes.windows(6).any(|w| w == b"Exif\0\0"),
-                "{format} {orientation}"
-            );
+            let tagged = bytes.windows(6).any(|w| w == b"Exif\0\0")
+                || (format == "webp" && bytes.windows(4).any(|w| w == b"EXIF"));
+            assert!(!tagged, "{format} {orientation}");
             let image = decode(&bytes);
             assert_eq!(
                 (image.width(), image.height()),

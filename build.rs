@@ -1,14 +1,16 @@
-//! Links the system's libavif for AVIF encoding when the build machine has it.
+//! Links the system's libavif for AVIF encoding and decoding when the build machine
+//! has it.
 //!
 //! libavif with libaom encodes a 12 MP photo in well under a second; rav1e (through
 //! the image crate), the pure-Rust fallback, takes several. libavif is a system
 //! library (`apt-get install libavif-dev`), so it is optional: without it, or with
-//! `PROGIMAGE_NO_LIBAVIF` set, the build uses rav1e and says so in a warning.
+//! `PROGIMAGE_NO_LIBAVIF` set, the build encodes with rav1e, refuses AVIF uploads
+//! (415), and says so in a warning.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(libavif)");
     println!("cargo::rerun-if-env-changed=PROGIMAGE_NO_LIBAVIF");
-    println!("cargo::rerun-if-changed=src/engine/encode/avif.c");
+    println!("cargo::rerun-if-changed=src/engine/avif.c");
     if std::env::var_os("PROGIMAGE_NO_LIBAVIF").is_some() {
         return;
     }
@@ -18,7 +20,7 @@ fn main() {
     {
         Ok(library) => {
             let mut shim = cc::Build::new();
-            shim.file("src/engine/encode/avif.c");
+            shim.file("src/engine/avif.c");
             for include in &library.include_paths {
                 shim.include(include);
             }
@@ -29,7 +31,7 @@ fn main() {
             println!("cargo::rustc-cfg=libavif");
         }
         Err(err) => println!(
-            "cargo::warning=libavif not found ({}); AVIF is encoded with rav1e, several times slower",
+            "cargo::warning=libavif not found ({}); AVIF is encoded with rav1e, several times slower, and not read",
             err.to_string().lines().next().unwrap_or_default()
         ),
     }

@@ -21,6 +21,7 @@ on_every_store!(
     sixteen_bit_and_gray_images_are_colour_managed_too,
     cmyk_jpegs_come_out_in_the_right_colours,
     ycck_jpegs_come_out_in_the_right_colours,
+    avif_uploads_are_read_upright_by_builds_with_libavif,
     sixteen_bit_and_gray_alpha_pngs_work,
     an_animated_gif_gives_its_first_frame_as_a_still,
     apng_and_animated_webp_sources_animate_like_gifs,
@@ -657,6 +658,76 @@ async fn ycck_jpegs_come_out_in_the_right_colours(backend: Backend) {
             assert!(close, "{ink:?} stored as {stored:?}: {pixel:?}");
         }
     }
+}
+
+async fn avif_uploads_are_read_upright_by_builds_with_libavif(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let turned = fixture("quadrants-irot1.avif");
+    if !cfg!(libavif) {
+        let response = server.post_raw("/", "image/avif", turned).await;
+        expect_error(
+            response,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+        return;
+    }
+    // Stored turned a quarter clockwise with irot=1, and mirrored with imir=1 (made by
+    // libavif's avifenc): both come out as the upright quadrants.
+    for name in ["quadrants-irot1.avif", "quadrants-imir1.avif"] {
+        let id = upload(&server, &fixture(name)).await;
+        let meta: serde_json::Value = server.get_json(&format!("/images/{id}/meta/")).await;
+        assert_eq!(meta["format"], "avif", "{name}");
+        let image = server
+            .get_image(&format!("/images/{id}/convert/?format=png"))
+            .await;
+        assert_eq!((image.width(), image.height()), (40, 20), "{name}");
+        let layout = [
+            quadrant_at(&image, 0.25, 0.25),
+            quadrant_at(&image, 0.75, 0.25),
+            quadrant_at(&image, 0.25, 0.75),
+        ];
+        assert_eq!(layout, [0, 1, 2], "{name}");
+        let thumb = server
+            .get_image(&format!("/images/{id}/thumbnail/?w=10&format=png"))
+            .await;
+        assert_eq!((thumb.width(), thumb.height()), (10, 5), "{name}");
+    }
+
+    // The server's own AVIF of a half-transparent image reads back with its alpha.
+    let mut rgba = quadrants(40, 20).to_rgba8();
+    for (x, _, pixel) in rgba.enumerate_pixels_mut() {
+        pixel.0[3] = if x < 20 { 255 } else { 0 };
+    }
+    let png = encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png);
+    let avif = server
+        .post_raw("/on_demand/convert/?format=avif&q=95", "image/png", png)
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let id = upload(&server, &avif).await;
+    let back = server
+        .get_image(&format!("/images/{id}/convert/?format=png"))
+        .await
+        .to_rgba8();
+    assert_eq!(back.get_pixel(5, 5).0[3], 255);
+    assert_eq!(back.get_pixel(35, 5).0[3], 0);
+    let [r, g, b, _] = back.get_pixel(5, 5).0;
+    assert!(r > 190 && g < 70 && b < 70, "red quadrant: {r} {g} {b}");
+
+    // Cut short, it is refused at upload, before anything is stored.
+    let response = server
+        .post_raw("/", "image/avif", avif[..avif.len() / 2].to_vec())
+        .await;
+    expect_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "undecodable_image",
+    )
+    .await;
 }
 
 async fn sixteen_bit_and_gray_alpha_pngs_work(backend: Backend) {

@@ -20,15 +20,6 @@ on_every_store!(
     malformed_multipart_is_400,
 );
 
-/// Asserts a JSON error response and returns its message.
-async fn expect_error(response: reqwest::Response, status: StatusCode, code: &str) -> String {
-    assert_eq!(response.status(), status);
-    assert_eq!(response.headers()["content-type"], "application/json");
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], code, "{body}");
-    body["error"]["message"].as_str().unwrap().to_string()
-}
-
 async fn unknown_images_transforms_and_routes_are_404(backend: Backend) {
     let server = TestServer::on(backend).await;
     let missing = "0123456789abcdef0123456789abcdef01234567";

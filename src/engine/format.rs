@@ -42,6 +42,8 @@ impl Format {
             Some(Format::Bmp)
         } else if starts(b"II*\0") || starts(b"MM\0*") {
             Some(Format::Tiff)
+        } else if bytes.get(4..8) == Some(b"ftyp") && is_avif_brand(bytes.get(8..12)) {
+            Some(Format::Avif)
         } else {
             None
         }
@@ -83,10 +85,10 @@ impl Format {
         }
     }
 
-    /// Whether uploads in this format are accepted (AVIF decoding needs a C AV1
-    /// decoder the build does not carry).
+    /// Whether uploads in this format are accepted: AVIF only by builds with
+    /// libavif (see build.rs).
     pub fn is_readable(self) -> bool {
-        self != Format::Avif
+        self != Format::Avif || cfg!(libavif)
     }
 
     /// Whether a transform of a source in this format stays in it by default; the
@@ -126,6 +128,11 @@ impl Format {
     }
 }
 
+/// Whether an ISOBMFF major brand is AVIF's: a still image or a sequence.
+fn is_avif_brand(brand: Option<&[u8]>) -> bool {
+    matches!(brand, Some(b"avif" | b"avis"))
+}
+
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -142,6 +149,8 @@ mod tests {
         assert_eq!(Format::sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(Format::WebP));
         assert_eq!(Format::sniff(b"RIFF\0\0\0\0WAVEfmt "), None);
         assert_eq!(Format::sniff(b"<html>"), None);
+        assert_eq!(Format::sniff(b"\0\0\0\x20ftypavif\0\0"), Some(Format::Avif));
+        assert_eq!(Format::sniff(b"\0\0\0\x20ftypheic\0\0"), None);
         assert_eq!(Format::from_name("JPG"), Some(Format::Jpeg));
     }
 }

@@ -241,7 +241,8 @@ impl Engine {
     /// (as stored): the decoded image after shrink-on-load and the largest image a step
     /// makes, 8 bytes a pixel each (an RGBA copy and a working copy), and for a
     /// progressive JPEG libjpeg's whole-image coefficients (3 bytes a pixel at 4:2:0;
-    /// 6 counted, for 4:4:4), and for AVIF output the AV1 encoder's own frame copies
+    /// 6 counted, for 4:4:4), for AVIF input the AV1 decoder's frame and libavif's RGBA
+    /// (8 bytes a pixel counted), and for AVIF output the AV1 encoder's own frame copies
     /// (14-17 bytes a pixel measured with libaom and rav1e on a 10 MP photo; 16
     /// counted). `progressive: None` (not known yet) counts them for any JPEG. The EXIF orientation is not known here either, so both are assumed and
     /// the larger taken. A reservation, not a measurement: it errs high.
@@ -264,6 +265,8 @@ impl Engine {
         let pixels = decoded((width, height), false).max(decoded((height, width), true));
         let coefficients = match (format, progressive) {
             (Format::Jpeg, Some(true) | None) => u64::from(width) * u64::from(height) * 6,
+            // The AV1 decoder's YUV frame and libavif's RGBA before it is copied.
+            (Format::Avif, _) => u64::from(width) * u64::from(height) * 8,
             _ => 0,
         };
         let encoder = match spec.output.resolve(format) {

@@ -24,9 +24,14 @@ pub struct Probe {
 pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
     let format = Format::sniff(bytes).ok_or_else(|| {
         Error::unsupported(
-            "not an image the engine reads: expected JPEG, PNG, GIF, WebP, BMP or TIFF bytes",
+            "not an image the engine reads: expected JPEG, PNG, GIF, WebP, AVIF, BMP or TIFF bytes",
         )
     })?;
+    if !format.is_readable() {
+        return Err(Error::unsupported(format!(
+            "this server reads no {format}: it was built without libavif"
+        )));
+    }
     // Some decoders refuse absurd sizes with a generic error; check the claim first
     // so that a bomb is reported as what it is.
     if let Some(claimed) = claimed_dimensions(format, bytes) {
@@ -42,6 +47,7 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
     let complete = match format {
         Format::Jpeg => jpeg_reaches_end_of_image(bytes),
         Format::Png => png_reaches_iend(bytes),
+        Format::Avif => boxes_reach_the_end(bytes),
         _ => true,
     };
     if !complete {
@@ -76,6 +82,8 @@ fn check_pixels((width, height): (u32, u32), limits: &Limits) -> Result<()> {
 pub(crate) fn header_size(format: Format, bytes: &[u8]) -> Result<(u32, u32)> {
     let size = match format {
         Format::Jpeg => decode::jpeg_header_size(bytes),
+        #[cfg(libavif)]
+        Format::Avif => decode::avif_header_size(bytes),
         _ => image::ImageReader::with_format(Cursor::new(bytes), format.to_image_format())
             .into_dimensions()
             .map_err(|err| err.to_string()),
@@ -103,6 +111,36 @@ fn claimed_dimensions(format: Format, bytes: &[u8]) -> Option<(u32, u32)> {
         Format::Bmp => Some((i32_le(18)?, i32_le(22)?)),
         _ => None,
     }
+}
+
+/// Whether an ISOBMFF file's top-level boxes (ftyp, meta, mdat, ...) end exactly at
+/// the end of the file: a cut file's last box (the coded data) runs past it.
+fn boxes_reach_the_end(bytes: &[u8]) -> bool {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + 8) else {
+            return false;
+        };
+        let size = match u32::from_be_bytes(header[..4].try_into().unwrap()) {
+            0 => return true, // the last box runs to the end of the file
+            1 => match bytes.get(at + 8..at + 16) {
+                Some(large) => u64::from_be_bytes(large.try_into().unwrap()),
+                None => return false,
+            },
+            size => u64::from(size),
+        };
+        if size < 8 {
+            return false;
+        }
+        match usize::try_from(size)
+            .ok()
+            .and_then(|size| at.checked_add(size))
+        {
+            Some(end) if end <= bytes.len() => at = end,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Walks JPEG marker segments and entropy-coded scans until the EOI marker.

@@ -475,6 +475,19 @@ pub fn is_blue(image: &DynamicImage, x: u32, y: u32) -> bool {
 }
 
 /// Checks a "come back later" answer: `Retry-After: 1` and the JSON error `code`.
+/// Asserts a JSON error response and returns its message.
+pub async fn expect_error(
+    response: reqwest::Response,
+    status: reqwest::StatusCode,
+    code: &str,
+) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
 pub async fn assert_retry_later(response: reqwest::Response, code: &str) {
     assert_eq!(response.headers()["retry-after"], "1");
     let error: serde_json::Value = response.json().await.unwrap();

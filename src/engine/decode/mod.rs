@@ -16,6 +16,8 @@ use std::io::Cursor;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError};
 
+#[cfg(libavif)]
+mod avif;
 mod baseline;
 mod jpeg;
 mod progressive;
@@ -61,6 +63,13 @@ pub fn jpeg_header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String>
     jpeg::header_size(bytes)
 }
 
+/// The size an AVIF's container declares. Builds without libavif never ask: the
+/// probe refuses AVIF before.
+#[cfg(libavif)]
+pub fn avif_header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+    avif::header_size(bytes)
+}
+
 /// Decodes a probed image and turns it upright. `plan` receives the upright size and
 /// returns the smallest size the pipeline needs (`None`: full size), or an error.
 pub fn decode(
@@ -72,6 +81,8 @@ pub fn decode(
     match probe.format {
         Format::Jpeg => return jpeg::decode(bytes, plan),
         Format::WebP if !webp::is_animated(bytes) => return webp::decode(bytes, plan),
+        #[cfg(libavif)]
+        Format::Avif => return avif::decode(bytes, limits, plan),
         _ => {}
     }
     let mut reader =

@@ -5,6 +5,7 @@ mod common;
 
 use common::on_every_store;
 use common::*;
+use image::{DynamicImage, ImageFormat};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -14,6 +15,7 @@ on_every_store!(
     bad_parameters_are_400_naming_the_parameter,
     non_images_are_415,
     truncated_corrupt_and_zero_sized_images_are_422,
+    a_jpeg_whose_scan_was_cut_is_422_not_grey,
     images_over_the_pixel_limit_are_413_from_the_header,
     bodies_over_the_upload_limit_are_413,
     a_declared_length_over_the_limit_is_refused_without_reading_the_body,
@@ -200,8 +202,70 @@ async fn truncated_corrupt_and_zero_sized_images_are_422(backend: Backend) {
             assert_eq!(body["error"]["code"], "undecodable_image", "{name}: {body}");
         }
     }
+    // Each format's structure is walked at upload: a file cut short in transfer is
+    // refused before it is stored, not on its first transform.
+    let picture = DynamicImage::ImageRgba8(halves(64, 48).to_rgba8());
+    for format in [
+        ImageFormat::Gif,
+        ImageFormat::WebP,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+    ] {
+        let whole = encode(&picture, format);
+        let message = expect_error(
+            server
+                .post_raw(
+                    "/",
+                    "application/octet-stream",
+                    whole[..whole.len() - 40].to_vec(),
+                )
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable_image",
+        )
+        .await;
+        // (The image crate writes a TIFF's directory after its strips, so a cut TIFF
+        // fails on its header; the walk's own tests cover strips cut short.)
+        let expected = match format {
+            ImageFormat::Tiff => "cannot read this tiff header",
+            _ => "truncated",
+        };
+        assert!(message.contains(expected), "{format:?}: {message}");
+    }
     let stored = server.stored_files().await;
     assert!(stored.is_empty(), "{stored:?}");
+}
+
+async fn a_jpeg_whose_scan_was_cut_is_422_not_grey(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    // Cut mid-scan and given its end-of-image marker back, the file is whole in
+    // structure: libjpeg would pad the missing rows with grey and call it a success.
+    let whole = encode(&DynamicImage::ImageRgb8(noise(64, 64)), ImageFormat::Jpeg);
+    let mut patched = whole[..whole.len() * 2 / 3].to_vec();
+    patched.extend_from_slice(&[0xFF, 0xD9]);
+    let id = server.upload_id(&patched).await;
+    for path in [
+        format!("/images/{id}/convert/?format=png"),
+        format!("/images/{id}/thumbnail/?w=8"),
+    ] {
+        let message = expect_error(
+            server.get(&path).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable_image",
+        )
+        .await;
+        assert!(message.contains("premature end"), "{path}: {message}");
+    }
+    expect_error(
+        server
+            .post_raw("/on_demand/resize/?w=32", "image/jpeg", patched)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "undecodable_image",
+    )
+    .await;
+    // Nothing was cached for the failed transforms: only the original and its sidecar.
+    assert_eq!(server.stored_files().await.len(), 2);
 }
 
 async fn images_over_the_pixel_limit_are_413_from_the_header(backend: Backend) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::s3::{S3Proxy, S3Server};
 use common::{
-    assert_consistent, assert_retry_later, noise_png, on_shared_stores, sha1_hex, Backend,
-    SharedStore, TestServer,
+    assert_consistent, assert_retry_later, derived_marker, noise_png, on_shared_stores, sha1_hex,
+    Backend, SharedStore, TestServer,
 };
 use futures::future::join_all;
 use futures::StreamExt;
@@ -197,7 +197,10 @@ async fn a_crashed_holders_lease_delays_others_only_until_it_expires(backend: Ba
     let path = format!("/images/{id}/thumbnail/");
     assert_eq!(server.get(&path).await.headers()["x-cache"], "MISS");
     let files = server.stored_files().await;
-    let derived = files.iter().find(|key| key.contains(".e2.")).unwrap();
+    let derived = files
+        .iter()
+        .find(|key| key.contains(&derived_marker()))
+        .unwrap();
     server.store.delete(&derived.as_str().into()).await.unwrap();
     let lease = format!("leases/{derived}");
     let expires_at = chrono::Utc::now() + Duration::from_millis(1500);

@@ -189,7 +189,7 @@ async fn original_converted_by_extension_is_cached_like_a_transform(backend: Bac
         .stored_files()
         .await
         .iter()
-        .filter(|f| f.contains(".e2.convert"))
+        .filter(|f| f.contains(&format!(".e{ENGINE_VERSION}.convert")))
         .count();
     assert_eq!(derived, 4);
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    assert_consistent, blob_key, noise_png, on_shared_stores, sha1_hex, stored_keys, Backend,
-    SharedStore,
+    assert_consistent, blob_key, derived_marker, noise_png, on_shared_stores, sha1_hex,
+    stored_keys, Backend, SharedStore,
 };
 use futures::future::join_all;
 
@@ -114,7 +114,10 @@ async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
         caches(&responses)
     );
     let listed = stored_keys(&shared.store).await;
-    let derived: Vec<&String> = listed.iter().filter(|key| key.contains(".e2.")).collect();
+    let derived: Vec<&String> = listed
+        .iter()
+        .filter(|key| key.contains(&derived_marker()))
+        .collect();
     assert_eq!(derived.len(), 1, "one cached transform: {listed:?}");
     let stored = shared
         .store

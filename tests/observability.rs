@@ -149,7 +149,7 @@ async fn a_full_transform_queue_answers_429_with_retry_after() {
         .stored_files()
         .await
         .iter()
-        .filter(|key| key.contains(".e2."))
+        .filter(|key| key.contains(&derived_marker()))
         .count();
     assert_eq!(
         stored, served,

@@ -78,7 +78,9 @@ async fn the_page_uploads_shows_and_lists_an_image() {
     let stored = server.stored_files().await;
     assert!(stored.contains(&blob_key(&id)), "{stored:?}");
     assert!(
-        stored.iter().any(|key| key.contains(".e2.thumbnail(")),
+        stored
+            .iter()
+            .any(|key| key.contains(&format!(".e{ENGINE_VERSION}.thumbnail("))),
         "the thumbnail the page showed was cached: {stored:?}"
     );
     let png = std::fs::read(&screenshot).unwrap();

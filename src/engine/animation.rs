@@ -84,6 +84,11 @@ pub fn render(
         };
         transformed.push(Frame::from_parts(image.into_rgba8(), 0, 0, delay));
     }
+    if transformed.is_empty() {
+        return Err(Error::undecodable(format!(
+            "this {source} animation has no frames"
+        )));
+    }
     match format {
         Format::Gif => gif(transformed),
         _ => Ok(webp(&transformed, options)),
@@ -102,10 +107,9 @@ fn gif(frames: Vec<Frame>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// An animated WebP of `frames`, of which there is at least one.
 fn webp(frames: &[Frame], options: &OutputOptions) -> Vec<u8> {
-    let Some(first) = frames.first() else {
-        return Vec::new();
-    };
+    let first = &frames[0];
     let mut config = webp::WebPConfig::new().expect("libwebp's default config");
     config.lossless = i32::from(options.lossless);
     config.quality = f32::from(options.quality);

@@ -2,11 +2,13 @@
 //!
 //! An upload is accepted or refused here: the format from magic bytes (415 if none),
 //! the dimensions from the header (422 if unreadable or zero, 413 if over the pixel
-//! limit), and for JPEG and PNG a structural walk that proves the file is complete.
-//! The walk matters because JPEG decoders pad a truncated scan with grey and report
+//! limit), and a structural walk that proves the file is complete ([`complete`]).
+//! The walk matters because decoders pad a truncated file with grey and report
 //! success; a store must not keep, or serve, such a file as if it were whole.
 
 use std::io::Cursor;
+
+mod complete;
 
 use crate::config::Limits;
 use crate::engine::{decode, Format};
@@ -44,15 +46,9 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
         )));
     }
     check_pixels((width, height), limits)?;
-    let complete = match format {
-        Format::Jpeg => jpeg_reaches_end_of_image(bytes),
-        Format::Png => png_reaches_iend(bytes),
-        Format::Avif => boxes_reach_the_end(bytes),
-        _ => true,
-    };
-    if !complete {
+    if !complete::is_complete(format, bytes) {
         return Err(Error::undecodable(format!(
-            "this {format} is truncated: its data stops before the end-of-image marker"
+            "this {format} is truncated: its data stops before the image ends"
         )));
     }
     Ok(Probe {
@@ -111,101 +107,6 @@ fn claimed_dimensions(format: Format, bytes: &[u8]) -> Option<(u32, u32)> {
         Format::Bmp => Some((i32_le(18)?, i32_le(22)?)),
         _ => None,
     }
-}
-
-/// Whether an ISOBMFF file's top-level boxes (ftyp, meta, mdat, ...) end exactly at
-/// the end of the file: a cut file's last box (the coded data) runs past it.
-fn boxes_reach_the_end(bytes: &[u8]) -> bool {
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + 8) else {
-            return false;
-        };
-        let size = match u32::from_be_bytes(header[..4].try_into().unwrap()) {
-            0 => return true, // the last box runs to the end of the file
-            1 => match bytes.get(at + 8..at + 16) {
-                Some(large) => u64::from_be_bytes(large.try_into().unwrap()),
-                None => return false,
-            },
-            size => u64::from(size),
-        };
-        if size < 8 {
-            return false;
-        }
-        match usize::try_from(size)
-            .ok()
-            .and_then(|size| at.checked_add(size))
-        {
-            Some(end) if end <= bytes.len() => at = end,
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// Walks JPEG marker segments and entropy-coded scans until the EOI marker.
-///
-/// Bytes after EOI (camera trailers, the video of a motion photo, the second frame of
-/// an MPO) are allowed, and junk between segments is skipped as libjpeg does.
-fn jpeg_reaches_end_of_image(bytes: &[u8]) -> bool {
-    let mut at = 2; // after SOI
-    while at + 1 < bytes.len() {
-        if bytes[at] != 0xFF {
-            at += 1; // junk between segments: resynchronise on the next 0xFF
-            continue;
-        }
-        let marker = bytes[at + 1];
-        match marker {
-            0xD9 => return true,
-            0xFF => at += 1,               // fill byte
-            0x01 | 0xD0..=0xD7 => at += 2, // markers without a length
-            0xDA => match skip_scan(bytes, at) {
-                Some(next) => at = next,
-                None => return false,
-            },
-            _ => match segment_length(bytes, at) {
-                Some(length) => at += 2 + length,
-                None => return false,
-            },
-        }
-    }
-    false
-}
-
-/// The length field of the segment whose marker starts at `at`.
-fn segment_length(bytes: &[u8], at: usize) -> Option<usize> {
-    let high = *bytes.get(at + 2)?;
-    let low = *bytes.get(at + 3)?;
-    Some(usize::from(u16::from_be_bytes([high, low])))
-}
-
-/// Skips an SOS header and its entropy-coded data, returning the offset of the next
-/// real marker (0xFF followed by anything but a stuffed 0x00 or a restart marker).
-fn skip_scan(bytes: &[u8], at: usize) -> Option<usize> {
-    let mut at = at + 2 + segment_length(bytes, at)?;
-    loop {
-        let ff = at + memchr::memchr(0xFF, bytes.get(at..)?)?;
-        match *bytes.get(ff + 1)? {
-            0x00 | 0xD0..=0xD7 | 0xFF => at = ff + 1,
-            _ => return Some(ff),
-        }
-    }
-}
-
-/// Walks PNG chunks until IEND; a chunk that runs past the end means truncation.
-fn png_reaches_iend(bytes: &[u8]) -> bool {
-    let mut at = 8; // after the signature
-    while let Some(header) = bytes.get(at..at + 8) {
-        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if &header[4..8] == b"IEND" {
-            return true;
-        }
-        at = match at.checked_add(12 + length) {
-            Some(next) => next,
-            None => return false,
-        };
-    }
-    false
 }
 
 #[cfg(test)]

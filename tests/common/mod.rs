@@ -20,6 +20,8 @@ use progimage::http::{serve, App};
 use progimage::service::Service;
 use progimage::store::Store;
 use progimage::Settings;
+
+pub use progimage::engine::ENGINE_VERSION;
 use sha1::{Digest, Sha1};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -367,16 +369,23 @@ pub fn halves(width: u32, height: u32) -> DynamicImage {
 }
 
 /// Deterministic noise, which no encoder can shrink much.
-pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+/// Pseudo-random pixels: incompressible, so every byte of an encoding matters.
+pub fn noise(width: u32, height: u32) -> RgbImage {
     let mut state = 0x2545_f491_u32;
-    let image = RgbImage::from_fn(width, height, |_, _| {
+    RgbImage::from_fn(width, height, |_, _| {
         state ^= state << 13;
         state ^= state >> 17;
         state ^= state << 5;
         let [r, g, b, _] = state.to_le_bytes();
         Rgb([r, g, b])
-    });
-    encode(&DynamicImage::ImageRgb8(image), ImageFormat::Png)
+    })
+}
+
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    encode(
+        &DynamicImage::ImageRgb8(noise(width, height)),
+        ImageFormat::Png,
+    )
 }
 
 pub fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -421,8 +430,9 @@ pub fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> 
     out
 }
 
-/// An extended (VP8X) lossless WebP with an EXIF chunk holding an Orientation tag.
-pub fn webp_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+/// An extended (VP8X) lossless WebP with an EXIF chunk holding an Orientation tag,
+/// bare as the WebP spec says or behind the `Exif\0\0` prefix some writers add.
+pub fn webp_with_orientation(image: &DynamicImage, orientation: u16, exif_prefix: bool) -> Vec<u8> {
     let simple = encode(&DynamicImage::ImageRgb8(image.to_rgb8()), ImageFormat::WebP);
     let bitstream = &simple[12..]; // the VP8L chunk, header included
     let chunk = |tag: &[u8], body: &[u8]| {
@@ -440,7 +450,13 @@ pub fn webp_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> 
     let mut body = b"WEBP".to_vec();
     body.extend(chunk(b"VP8X", &vp8x));
     body.extend_from_slice(bitstream);
-    body.extend(chunk(b"EXIF", &exif_orientation(orientation)));
+    let mut exif = if exif_prefix {
+        b"Exif\0\0".to_vec()
+    } else {
+        Vec::new()
+    };
+    exif.extend(exif_orientation(orientation));
+    body.extend(chunk(b"EXIF", &exif));
     let mut out = b"RIFF".to_vec();
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend(body);
@@ -492,4 +508,9 @@ pub async fn assert_retry_later(response: reqwest::Response, code: &str) {
     assert_eq!(response.headers()["retry-after"], "1");
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], code);
+}
+
+/// The part of a cached result's name that says it is one: `.e<ENGINE_VERSION>.`.
+pub fn derived_marker() -> String {
+    format!(".e{ENGINE_VERSION}.")
 }

@@ -4,7 +4,7 @@ use image::metadata::Orientation;
 use image::DynamicImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{baseline, progressive, upright, SHRINK_MARGIN};
+use super::{baseline, libjpeg, progressive, upright, SHRINK_MARGIN};
 use crate::engine::color;
 use crate::error::{Error, Result};
 
@@ -12,7 +12,7 @@ pub fn decode(
     bytes: &[u8],
     plan: impl FnOnce((u32, u32)) -> Result<Option<(u32, u32)>>,
 ) -> Result<DynamicImage> {
-    super::unwinding_libjpeg(|| decode_unguarded(bytes, plan))
+    super::libjpeg::unwinding(|| decode_unguarded(bytes, plan))
 }
 
 fn decode_unguarded(
@@ -23,7 +23,9 @@ fn decode_unguarded(
         |err: std::io::Error| Error::undecodable(format!("this jpeg cannot be decoded: {err}"));
     // APP1 holds EXIF, APP2 the ICC profile, APP14 Adobe's colour transform flag.
     let markers = [Marker::APP(1), Marker::APP(2), Marker::APP(14)];
-    let mut decompress = Decompress::with_markers(&markers)
+    let mut decompress = Decompress::builder()
+        .with_err(libjpeg::strict_errors())
+        .with_markers(&markers)
         .from_mem(bytes)
         .map_err(failed)?;
     let mut orientation = Orientation::NoTransforms;
@@ -119,7 +121,7 @@ pub fn header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
     });
     match read {
         Ok(read) => read.map_err(|err| err.to_string()),
-        Err(payload) => Err(super::panic_message(payload)),
+        Err(payload) => Err(super::libjpeg::panic_message(payload)),
     }
 }
 

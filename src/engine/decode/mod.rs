@@ -20,6 +20,7 @@ use image::{DynamicImage, ImageDecoder, ImageError};
 mod avif;
 mod baseline;
 mod jpeg;
+mod libjpeg;
 mod progressive;
 mod webp;
 
@@ -58,6 +59,20 @@ pub fn is_progressive_jpeg(bytes: &[u8]) -> bool {
     progressive::is_progressive(bytes)
 }
 
+/// Whether the file holds more than a still picture: every GIF may (its frames are
+/// only counted by decoding), a WebP or PNG only when its container says so (the
+/// VP8X animation flag, APNG's acTL chunk).
+pub fn is_animation(format: Format, bytes: &[u8]) -> bool {
+    match format {
+        Format::Gif => true,
+        Format::WebP => webp::is_animated(bytes),
+        Format::Png => image::codecs::png::PngDecoder::new(Cursor::new(bytes))
+            .and_then(|png| png.is_apng())
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
 /// The size a JPEG's header declares, or libjpeg's complaint about the header.
 pub fn jpeg_header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
     jpeg::header_size(bytes)
@@ -94,7 +109,7 @@ pub fn decode(
         .into_decoder()
         .map_err(|err| decode_error(probe.format, err))?;
     // A broken EXIF block is no reason to refuse an image: it is shown as stored.
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let orientation = orientation_of(decoder.exif_metadata().ok().flatten());
     let icc = decoder.icc_profile().ok().flatten();
     plan(upright(decoder.dimensions(), orientation))?;
     let mut image =
@@ -106,6 +121,16 @@ pub fn decode(
     Ok(image)
 }
 
+/// The orientation an EXIF block gives, with or without the `Exif\0\0` prefix that
+/// JPEG's APP1 requires and many WebP writers (exiftool, cameras) copy into the WebP
+/// `EXIF` chunk too; the image crate expects the bare TIFF structure.
+fn orientation_of(exif: Option<Vec<u8>>) -> Orientation {
+    exif.and_then(|exif| {
+        Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif))
+    })
+    .unwrap_or(Orientation::NoTransforms)
+}
+
 /// The size after `orientation` is applied (also its own inverse).
 fn upright((width, height): (u32, u32), orientation: Orientation) -> (u32, u32) {
     match orientation {
@@ -115,29 +140,6 @@ fn upright((width, height): (u32, u32), orientation: Orientation) -> (u32, u32) 
         | Orientation::Rotate270FlipH => (height, width),
         _ => (width, height),
     }
-}
-
-/// Runs libjpeg (mozjpeg) code, whose errors unwind out of C as panics (not all of
-/// the mozjpeg crate's calls catch them), and turns such an unwind into a 422 naming
-/// libjpeg's message. Found by the `decode` fuzz target: a corrupt JPEG used to reach
-/// the worker's panic guard with no message.
-fn unwinding_libjpeg<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        Ok(result) => result,
-        Err(payload) => Err(Error::undecodable(format!(
-            "this jpeg cannot be decoded: {}",
-            panic_message(payload)
-        ))),
-    }
-}
-
-/// What libjpeg said, from the panic its error handler unwound with.
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "corrupt data".to_string())
 }
 
 fn decode_error(format: Format, err: ImageError) -> Error {

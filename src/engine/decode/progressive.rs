@@ -37,7 +37,7 @@ pub fn is_progressive(bytes: &[u8]) -> bool {
 /// Decodes the DC scans of an RGB (YCbCr) or gray progressive JPEG at 1/8 scale, or
 /// `None` for colour spaces this path does not handle (CMYK goes the ordinary way).
 pub fn decode_dc(bytes: &[u8]) -> Result<Option<DynamicImage>> {
-    super::unwinding_libjpeg(|| decode_dc_unguarded(bytes))
+    super::libjpeg::unwinding(|| decode_dc_unguarded(bytes))
 }
 
 /// libjpeg state, destroyed however decoding ends (errors unwind through it).
@@ -58,10 +58,7 @@ impl Decompressor {
         // SAFETY: both structs are plain C data that libjpeg initialises; the error
         // manager is boxed so its address stays valid for as long as cinfo points at it.
         unsafe {
-            let mut errors: Box<jpeg::jpeg_error_mgr> = Box::new(std::mem::zeroed());
-            jpeg::jpeg_std_error(&mut errors);
-            errors.error_exit = Some(error_exit);
-            errors.emit_message = Some(ignore_warning);
+            let mut errors = Box::new(super::libjpeg::strict_errors());
             let mut cinfo: Box<jpeg::jpeg_decompress_struct> = Box::new(std::mem::zeroed());
             cinfo.common.err = &mut *errors;
             jpeg::jpeg_create_decompress(&mut *cinfo);
@@ -131,21 +128,6 @@ unsafe fn dc_complete(cinfo: &jpeg::jpeg_decompress_struct) -> bool {
     let coef_bits = cinfo.coef_bits as *const [c_int; 64];
     (0..cinfo.num_components as usize).all(|c| (*coef_bits.add(c))[0] >= 0)
 }
-
-unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg::jpeg_common_struct) {
-    let mut buffer = [0u8; 80];
-    if let Some(format) = (*cinfo.err).format_message {
-        format(cinfo, &buffer);
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    buffer[end..].fill(0);
-    // resume_unwind skips the panic hook: no stack trace printed for a bad upload.
-    std::panic::resume_unwind(Box::new(
-        String::from_utf8_lossy(&buffer[..end]).into_owned(),
-    ));
-}
-
-unsafe extern "C-unwind" fn ignore_warning(_cinfo: &mut jpeg::jpeg_common_struct, _level: c_int) {}
 
 #[cfg(test)]
 mod tests {

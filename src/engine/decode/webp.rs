@@ -5,7 +5,6 @@
 
 use std::io::Cursor;
 
-use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, RgbImage, RgbaImage};
 use libwebp_sys as ffi;
 
@@ -25,7 +24,7 @@ pub fn decode(
     let failed = |why: &str| Error::undecodable(format!("this webp cannot be decoded: {why}"));
     let mut container = image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))
         .map_err(|e| failed(&e.to_string()))?;
-    let orientation = container.orientation().unwrap_or(Orientation::NoTransforms);
+    let orientation = super::orientation_of(container.exif_metadata().ok().flatten());
     let icc = container.icc_profile().ok().flatten();
 
     // SAFETY: the config is initialised by libwebp before use; `bytes` outlives every

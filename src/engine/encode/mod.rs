@@ -43,10 +43,12 @@ pub fn encode(image: &DynamicImage, format: Format, options: &OutputOptions) -> 
             Ok(out)
         }
         Format::Bmp | Format::Tiff => {
-            let pixels = if format == Format::Bmp {
-                flatten(image, options.background)
-            } else {
-                image.clone()
+            let pixels = match (format, image) {
+                (Format::Bmp, _) => flatten(image, options.background),
+                // The TIFF encoder has no gray-with-alpha layout: RGBA holds it exactly.
+                (_, DynamicImage::ImageLumaA8(_)) => DynamicImage::ImageRgba8(image.to_rgba8()),
+                (_, DynamicImage::ImageLumaA16(_)) => DynamicImage::ImageRgba16(image.to_rgba16()),
+                _ => image.clone(),
             };
             let mut out = Cursor::new(Vec::new());
             pixels
@@ -57,7 +59,8 @@ pub fn encode(image: &DynamicImage, format: Format, options: &OutputOptions) -> 
     }
 }
 
-/// 8-bit RGB (or gray) with any transparency composited over `background`.
+/// 8-bit RGB (or gray, for a gray image on a gray background) with any transparency
+/// composited over `background`.
 pub fn flatten(image: &DynamicImage, background: [u8; 3]) -> DynamicImage {
     if !image.color().has_alpha() {
         return match image.color().has_color() {
@@ -77,7 +80,8 @@ pub fn flatten(image: &DynamicImage, background: [u8; 3]) -> DynamicImage {
             over(b, background[2]),
         ])
     });
-    if image.color().has_color() {
+    let gray_background = background[0] == background[1] && background[1] == background[2];
+    if image.color().has_color() || !gray_background {
         DynamicImage::ImageRgb8(flat)
     } else {
         DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(flat).into_luma8())

@@ -116,9 +116,11 @@ impl Ascii {
         (rows.round() as u32).max(1)
     }
 
+    /// Splits 0-255 into equal bands, one per character: 0 is the first, 255 the
+    /// last, and every character covers as many grey levels as the others.
     fn character(&self, luma: u8) -> char {
         let steps = self.ramp.len() - 1;
-        let index = usize::from(luma) * steps / 255;
+        let index = usize::from(luma) * self.ramp.len() / 256;
         self.ramp[if self.invert { steps - index } else { index }]
     }
 }
@@ -264,6 +266,17 @@ mod tests {
             render(&*ascii(&[("width", "4"), ("ramp", "XO")]), halves()),
             "XXOO\nXXOO\nXXOO\nXXOO\n"
         );
+    }
+
+    #[test]
+    fn a_gradient_uses_every_character_equally() {
+        let op = ascii(&[("width", "256"), ("ramp", "0123")]);
+        let ramp = image::GrayImage::from_fn(256, 10, |x, _| image::Luma([x as u8]));
+        let text = render(&*op, DynamicImage::ImageLuma8(ramp));
+        let row = text.lines().next().unwrap();
+        for digit in ['0', '1', '2', '3'] {
+            assert_eq!(row.chars().filter(|&c| c == digit).count(), 64, "{row}");
+        }
     }
 
     #[test]

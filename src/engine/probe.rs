@@ -8,7 +8,7 @@
 
 use std::io::Cursor;
 
-mod complete;
+pub(super) mod complete;
 
 use crate::config::Limits;
 use crate::engine::{decode, Format};

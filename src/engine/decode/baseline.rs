@@ -64,13 +64,13 @@ struct Component {
 }
 
 /// One 1/8-scale plane per component: a byte per block, `stride` blocks per row.
-struct Plane {
-    samples: Vec<u8>,
-    stride: usize,
+pub(super) struct Plane {
+    pub samples: Vec<u8>,
+    pub stride: usize,
 }
 
 /// A component as the frame header declares it: id, sampling factors, quant table.
-type FrameComponent = (u8, usize, usize, usize);
+pub(super) type FrameComponent = (u8, usize, usize, usize);
 
 impl Frame {
     /// Walks the marker segments up to the first scan.
@@ -109,14 +109,7 @@ impl Frame {
                 0xC2 | 0xC3 | 0xC5..=0xCF | 0x01 | 0xD0..=0xD9 => return None,
                 0xDA => {
                     let (width, height, declared) = size_and_components?;
-                    // libjpeg reads three components as YCbCr unless an Adobe marker
-                    // or, without JFIF, the ids R, G, B say otherwise.
-                    let ids: Vec<u8> = declared.iter().map(|c| c.0).collect();
-                    let rgb = match adobe_transform {
-                        Some(transform) => transform != 1,
-                        None => !jfif && ids == b"RGB",
-                    };
-                    if ids.len() == 3 && rgb {
+                    if stores_rgb(&declared, jfif, adobe_transform) {
                         return None;
                     }
                     let components = parse_sos(body, &declared, &quantisers, &dc_codes, &ac_codes)?;
@@ -197,42 +190,73 @@ impl Frame {
         bits.clean_end().then_some(planes)
     }
 
-    /// Upsamples chroma by repeating it (libjpeg's box filter at 1/8 scale; 4:2:0
-    /// chroma is already full size) and converts to RGB; a single component is gray.
     fn to_image(&self, planes: &[Plane]) -> DynamicImage {
-        let (width, height) = (self.width.div_ceil(8), self.height.div_ceil(8));
-        let luma = &planes[0];
-        if planes.len() == 1 {
-            let samples = (0..height)
-                .flat_map(|y| &luma.samples[y * luma.stride..y * luma.stride + width])
-                .copied()
-                .collect();
-            let image = GrayImage::from_raw(width as u32, height as u32, samples);
-            return DynamicImage::ImageLuma8(image.expect("a plane covers the image"));
-        }
-        let chroma_scale = self.components[1].scale;
-        let (h, v) = (
-            self.components[0].h / chroma_scale,
-            self.components[0].v / chroma_scale,
-        );
-        let (cb, cr) = (&planes[1], &planes[2]);
-        let mut samples = Vec::with_capacity(width * height * 3);
-        for y in 0..height {
-            let luma_row = &luma.samples[y * luma.stride..][..width];
-            let chroma_row = (y / v) * cb.stride;
-            for (x, &luma) in luma_row.iter().enumerate() {
-                let chroma = chroma_row + x / h;
-                samples.extend(ycc_to_rgb(luma, cb.samples[chroma], cr.samples[chroma]));
-            }
-        }
-        let image = RgbImage::from_raw(width as u32, height as u32, samples);
-        DynamicImage::ImageRgb8(image.expect("planes cover the image"))
+        let luma = &self.components[0];
+        let chroma_scale = self.components.get(1).map_or(1, |c| c.scale);
+        planes_to_image(
+            (self.width, self.height),
+            (luma.h, luma.v),
+            chroma_scale,
+            planes,
+        )
     }
 }
 
-/// SOF0/SOF1: 8-bit samples, and one (gray) or three components with the chroma
+/// Whether a frame's three components are RGB, not YCbCr: libjpeg reads them as
+/// YCbCr unless an Adobe marker or, without JFIF, the ids R, G, B say otherwise.
+pub(super) fn stores_rgb(
+    declared: &[FrameComponent],
+    jfif: bool,
+    adobe_transform: Option<u8>,
+) -> bool {
+    let ids: Vec<u8> = declared.iter().map(|c| c.0).collect();
+    let rgb = match adobe_transform {
+        Some(transform) => transform != 1,
+        None => !jfif && ids == b"RGB",
+    };
+    ids.len() == 3 && rgb
+}
+
+/// The 1/8-scale image of a `size` frame from its planes: chroma upsampled by
+/// repeating it (libjpeg's box filter at 1/8 scale; chroma decoded at `chroma_scale`
+/// 2 is already full size) and converted to RGB; a single plane is gray.
+pub(super) fn planes_to_image(
+    size: (usize, usize),
+    luma_sampling: (usize, usize),
+    chroma_scale: usize,
+    planes: &[Plane],
+) -> DynamicImage {
+    let (width, height) = (size.0.div_ceil(8), size.1.div_ceil(8));
+    let luma = &planes[0];
+    if planes.len() == 1 {
+        let samples = (0..height)
+            .flat_map(|y| &luma.samples[y * luma.stride..y * luma.stride + width])
+            .copied()
+            .collect();
+        let image = GrayImage::from_raw(width as u32, height as u32, samples);
+        return DynamicImage::ImageLuma8(image.expect("a plane covers the image"));
+    }
+    let (h, v) = (
+        luma_sampling.0 / chroma_scale,
+        luma_sampling.1 / chroma_scale,
+    );
+    let (cb, cr) = (&planes[1], &planes[2]);
+    let mut samples = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        let luma_row = &luma.samples[y * luma.stride..][..width];
+        let chroma_row = (y / v) * cb.stride;
+        for (x, &luma) in luma_row.iter().enumerate() {
+            let chroma = chroma_row + x / h;
+            samples.extend(ycc_to_rgb(luma, cb.samples[chroma], cr.samples[chroma]));
+        }
+    }
+    let image = RgbImage::from_raw(width as u32, height as u32, samples);
+    DynamicImage::ImageRgb8(image.expect("planes cover the image"))
+}
+
+/// SOF0/SOF1/SOF2 (the body is the same): 8-bit samples, and one (gray) or three components with the chroma
 /// sampled at 1 or 1/2 of luma each way.
-fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent>)> {
+pub(super) fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent>)> {
     let (precision, height, width) = (*body.first()?, be16(body.get(1..)?)?, be16(body.get(3..)?)?);
     let count = usize::from(*body.get(5)?);
     let components: Vec<FrameComponent> = (0..count)
@@ -260,7 +284,7 @@ fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent>)> {
 }
 
 /// DQT: quantisation tables of 8 or 16-bit values, stored in zigzag order.
-fn parse_dqt(mut body: &[u8], quantisers: &mut [Option<[i64; 64]>; 4]) -> Option<()> {
+pub(super) fn parse_dqt(mut body: &[u8], quantisers: &mut [Option<[i64; 64]>; 4]) -> Option<()> {
     while let Some(&precision_and_id) = body.first() {
         let id = usize::from(precision_and_id & 15);
         let wide = match precision_and_id >> 4 {
@@ -291,7 +315,7 @@ const ZIGZAG_TO_NATURAL: [usize; 64] = [
 ];
 
 /// DHT: one or more Huffman tables, DC (class 0) or AC (class 1).
-fn parse_dht(
+pub(super) fn parse_dht(
     mut body: &[u8],
     dc_codes: &mut [Option<Codes>; 4],
     ac_codes: &mut [Option<Codes>; 4],
@@ -354,13 +378,13 @@ fn parse_sos(
         .collect()
 }
 
-fn be16(bytes: &[u8]) -> Option<u16> {
+pub(super) fn be16(bytes: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
 }
 
 /// libjpeg's 1x1 inverse DCT: an eighth of the dequantised DC, rounded, level-shifted
 /// and clamped. The coefficient is stored as 16 bits, as libjpeg's JCOEF is.
-fn dc_sample(prediction: i32, quantiser: i64) -> u8 {
+pub(super) fn dc_sample(prediction: i32, quantiser: i64) -> u8 {
     let coefficient = i64::from(prediction as i16);
     ((coefficient * quantiser + 4) >> 3)
         .saturating_add(128)
@@ -417,7 +441,7 @@ fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 /// A Huffman table's canonical codes (JPEG Annex C), for the codes the lookup
 /// tables do not cover.
 #[derive(Clone)]
-struct Codes {
+pub(super) struct Codes {
     /// For each code length 1 to 16: the largest code of that length (-1: none) and
     /// what to add to a code of that length to index `values`.
     max_code: [i32; 17],
@@ -485,13 +509,13 @@ impl Codes {
 }
 
 /// DC codes: each lookup entry is the code length and the size of the difference.
-struct DcTable {
+pub(super) struct DcTable {
     lookup: Vec<u16>,
     codes: Codes,
 }
 
 impl DcTable {
-    fn new(codes: &Codes) -> DcTable {
+    pub(super) fn new(codes: &Codes) -> DcTable {
         let lookup = codes.lookup(DC_LOOKUP_BITS, |length, size| {
             length as u16 | u16::from(size) << 8
         });
@@ -567,7 +591,7 @@ fn ac_step(symbol: u8) -> u32 {
 /// register. Stuffed bytes (0xFF 0x00) are unstuffed on the way in; at a marker the
 /// stream stops and zeros are fed, counted, so that reading past it is detected.
 #[derive(Clone, Copy)]
-struct Bits<'a> {
+pub(super) struct Bits<'a> {
     data: &'a [u8],
     /// The next byte to load (its top bits may already sit below `count`).
     position: usize,
@@ -581,7 +605,7 @@ struct Bits<'a> {
 }
 
 impl<'a> Bits<'a> {
-    fn new(data: &'a [u8], position: usize) -> Bits<'a> {
+    pub(super) fn new(data: &'a [u8], position: usize) -> Bits<'a> {
         Bits {
             data,
             position,
@@ -657,7 +681,7 @@ impl<'a> Bits<'a> {
 
     /// The next DC difference (JPEG F.2.2.1).
     #[inline]
-    fn dc_difference(&mut self, table: &DcTable) -> Option<i32> {
+    pub(super) fn dc_difference(&mut self, table: &DcTable) -> Option<i32> {
         if self.count < 32 {
             self.refill();
         }
@@ -726,6 +750,22 @@ impl<'a> Bits<'a> {
         Some(())
     }
 
+    /// The next single bit: a DC refinement scan's one bit per block (JPEG G.1.2.1).
+    #[inline]
+    pub(super) fn bit(&mut self) -> bool {
+        if self.count == 0 {
+            self.refill();
+        }
+        let bit = self.bits >> 63 == 1;
+        self.consume(1);
+        bit
+    }
+
+    /// Where the entropy-coded data stopped at a marker, or the next byte to read.
+    pub(super) fn resume_at(&self) -> usize {
+        self.marker.unwrap_or(self.position)
+    }
+
     /// Steps over a block's 63 AC coefficients.
     #[inline]
     fn skip_ac(&mut self, table: &AcTable) -> Option<()> {
@@ -766,13 +806,13 @@ impl<'a> Bits<'a> {
     }
 
     /// Whether every bit read was data, not padding fed past a marker.
-    fn clean_end(&self) -> bool {
+    pub(super) fn clean_end(&self) -> bool {
         self.count >= self.padding
     }
 
     /// After a restart interval: what is left of the last byte is padding, the next
     /// marker is RST`n`, and decoding starts over after it.
-    fn restart(self, n: u8) -> Option<Bits<'a>> {
+    pub(super) fn restart(self, n: u8) -> Option<Bits<'a>> {
         if self.count.checked_sub(self.padding)? >= 8 {
             return None;
         }
@@ -791,17 +831,17 @@ fn has_ff_byte(word: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use mozjpeg::{ColorSpace, Compress, Decompress};
 
-    fn fixture(name: &str) -> Vec<u8> {
+    pub(in crate::engine::decode) fn fixture(name: &str) -> Vec<u8> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         std::fs::read(dir.join(name)).unwrap()
     }
 
     /// libjpeg's own decode at 1/8 scale: what ours must equal.
-    fn libjpeg_eighth(bytes: &[u8]) -> DynamicImage {
+    pub(in crate::engine::decode) fn libjpeg_eighth(bytes: &[u8]) -> DynamicImage {
         let mut decompress = Decompress::new_mem(bytes).unwrap();
         decompress.scale(1);
         let gray = decompress.color_space() == ColorSpace::JCS_GRAYSCALE;
@@ -833,7 +873,7 @@ mod tests {
 
     /// Noise (long codes, many extra bits) over gradients (long runs), 131x77 so
     /// that no side is a whole number of MCUs.
-    fn noisy_image() -> RgbImage {
+    pub(in crate::engine::decode) fn noisy_image() -> RgbImage {
         let mut state = 0x2545_F491u32;
         RgbImage::from_fn(131, 77, |x, y| {
             state ^= state << 13;

@@ -58,9 +58,14 @@ fn segment_length(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Skips an SOS header and its entropy-coded data, returning the offset of the next
-/// real marker (0xFF followed by anything but a stuffed 0x00 or a restart marker).
+/// real marker.
 fn skip_scan(bytes: &[u8], at: usize) -> Option<usize> {
-    let mut at = at + 2 + segment_length(bytes, at)?;
+    next_marker(bytes, at + 2 + segment_length(bytes, at)?)
+}
+
+/// The offset of the first real JPEG marker at or after `at` in entropy-coded data:
+/// 0xFF followed by anything but a stuffed 0x00, a restart marker or more fill.
+pub(in crate::engine) fn next_marker(bytes: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let ff = at + memchr::memchr(0xFF, bytes.get(at..)?)?;
         match *bytes.get(ff + 1)? {

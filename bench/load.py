@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load benchmark: progimage against thumbor, ipx and nginx, on loopback, in one run.
 
-    bench/http.sh [--duration 10] [--connections 1,4,16] [--write BENCHMARKS.md]
+    bench/http.sh [--duration 10] [--connections 1,4,16] [--workloads uncached,cached,uploads]
+                  [--write BENCHMARKS.md]
 
 bench/http.sh installs the peers and wrk and builds progimage in release mode, then
 runs this. Every row starts its server afresh (so peak RSS is that row's), warms it
@@ -426,6 +427,8 @@ def main():
     parser.add_argument("--peers", default=os.path.join(ROOT, "target", "bench-peers"))
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "progimage"))
     parser.add_argument("--write", help="write the table into this markdown file")
+    parser.add_argument("--workloads", default="uncached,cached,uploads",
+                        help="which rows to run (a partial run is never written)")
     args = parser.parse_args()
     args.peers, args.binary = os.path.abspath(args.peers), os.path.abspath(args.binary)
 
@@ -439,19 +442,25 @@ def main():
             shutil.copy(os.path.join(args.corpus, photo), images)
         files = [shutil.copy(path, images) for path in files]
         sections = []
-        for photo in PHOTOS:
-            sections.append((f"uncached 300 px thumbnail, {photo}", uncached(args, workdir, images, photo)))
+        workloads = args.workloads.split(",")
+        if "uncached" in workloads:
+            for photo in PHOTOS:
+                sections.append((f"uncached 300 px thumbnail, {photo}", uncached(args, workdir, images, photo)))
+                print(table(sections[-1:]), flush=True)
+        if "cached" in workloads:
+            sections.append((f"cached thumbnail GET ({PHOTOS[0]})", cached(args, workdir, images, PHOTOS[0])))
             print(table(sections[-1:]), flush=True)
-        sections.append((f"cached thumbnail GET ({PHOTOS[0]})", cached(args, workdir, images, PHOTOS[0])))
-        print(table(sections[-1:]), flush=True)
-        sizes = ", ".join(f"{os.path.getsize(path) / 1e6:.1f}" for path in files)
-        sections.append((f"uploads ({len(files)} photos of {sizes} MB)", uploads(args, workdir, files)))
+        if "uploads" in workloads:
+            sizes = ", ".join(f"{os.path.getsize(path) / 1e6:.1f}" for path in files)
+            sections.append((f"uploads ({len(files)} photos of {sizes} MB)", uploads(args, workdir, files)))
 
     body = (f"{datetime.date.today()}, commit {report.commit()}, {report.machine()}; "
             f"{args.duration} s per row, wrk on the same machine.\n"
             f"Command: `bench/http.sh --duration {args.duration} --write BENCHMARKS.md`\n\n"
             f"{table(sections)}\n\nTargets, as ratios within this run:\n\n{targets(sections)}\n")
     print("\n" + body)
+    if args.write and len(workloads) < 3:
+        sys.exit("a partial run is not written: run every workload to compare against the peers")
     if args.write:
         report.write_section(args.write, "Under load: progimage, thumbor, ipx and nginx over HTTP", body)
 

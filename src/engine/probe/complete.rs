@@ -184,12 +184,15 @@ fn bmp_pixels_are_present(bytes: &[u8]) -> bool {
     let pixel_bytes = match compression {
         // BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS: rows padded to four bytes.
         0 | 3 | 6 if height > 0 => {
-            let stride = (width * bits).div_ceil(32) * 4;
-            stride * (height - 1) + (width * bits).div_ceil(8)
+            let row_bits = width.saturating_mul(bits);
+            let stride = row_bits.div_ceil(32) * 4;
+            stride
+                .saturating_mul(height - 1)
+                .saturating_add(row_bits.div_ceil(8))
         }
         _ => image_size,
     };
-    bytes.len() as u64 >= offset + pixel_bytes
+    bytes.len() as u64 >= offset.saturating_add(pixel_bytes)
 }
 
 /// Whether every strip (or tile) the first TIFF directory lists lies inside the file.

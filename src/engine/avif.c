@@ -11,6 +11,7 @@
 #include <avif/avif.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 /* The AV1 encoder libavif picks, e.g. "aom". */
@@ -61,8 +62,7 @@ int progimage_avif_encode(const uint8_t *pixels, uint32_t width, uint32_t height
     encoder->maxQuantizerAlpha = quantizer;
     result = avifEncoderWrite(encoder, image, &output);
     if (result != AVIF_RESULT_OK) {
-        strncpy(message, encoder->diag.error, 255);
-        message[255] = '\0';
+        snprintf(message, 256, "%s", encoder->diag.error);
     }
 
 done:
@@ -72,8 +72,7 @@ done:
     } else {
         avifRWDataFree(&output);
         if (message[0] == '\0') {
-            strncpy(message, avifResultToString(result), 255);
-            message[255] = '\0';
+            snprintf(message, 256, "%s", avifResultToString(result));
         }
     }
     if (encoder != NULL) {
@@ -96,8 +95,7 @@ static int failed(avifResult result, const avifDecoder *decoder, char message[25
     const char *detail = decoder != NULL && decoder->diag.error[0] != '\0'
                              ? decoder->diag.error
                              : avifResultToString(result);
-    strncpy(message, detail, 255);
-    message[255] = '\0';
+    snprintf(message, 256, "%s", detail);
     return (int)result;
 }
 

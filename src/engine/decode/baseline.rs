@@ -78,13 +78,8 @@ impl Frame {
         if !bytes.starts_with(&[0xFF, 0xD8]) {
             return None;
         }
-        let mut quantisers: [Option<[i64; 64]>; 4] = [None; 4];
-        let mut dc_codes: [Option<Codes>; 4] = Default::default();
-        let mut ac_codes: [Option<Codes>; 4] = Default::default();
+        let mut tables = Tables::default();
         let mut size_and_components = None;
-        let mut restart_interval = 0;
-        let mut jfif = false;
-        let mut adobe_transform = None;
         let mut at = 2;
         loop {
             if *bytes.get(at)? != 0xFF {
@@ -97,27 +92,26 @@ impl Frame {
             }
             let length = usize::from(be16(bytes.get(at + 2..)?)?);
             let body = bytes.get(at + 4..at + 2 + length)?;
+            if tables.read(marker, body)? {
+                at += 2 + length;
+                continue;
+            }
             match marker {
                 0xC0 | 0xC1 => size_and_components = Some(parse_sof(body)?),
-                0xC4 => parse_dht(body, &mut dc_codes, &mut ac_codes)?,
-                0xDB => parse_dqt(body, &mut quantisers)?,
-                0xDD => restart_interval = usize::from(be16(body)?),
-                0xE0 => jfif |= body.starts_with(b"JFIF\0"),
-                0xEE if body.starts_with(b"Adobe") => adobe_transform = Some(*body.get(11)?),
                 // Progressive, lossless, hierarchical and arithmetic-coded frames, and
                 // markers that have no place before the first scan.
                 0xC2 | 0xC3 | 0xC5..=0xCF | 0x01 | 0xD0..=0xD9 => return None,
                 0xDA => {
                     let (width, height, declared) = size_and_components?;
-                    if stores_rgb(&declared, jfif, adobe_transform) {
+                    if tables.stores_rgb(&declared) {
                         return None;
                     }
-                    let components = parse_sos(body, &declared, &quantisers, &dc_codes, &ac_codes)?;
+                    let components = parse_sos(body, &declared, &tables)?;
                     return Some(Frame {
                         width,
                         height,
                         components,
-                        restart_interval,
+                        restart_interval: tables.restart_interval,
                         scan_start: at + 2 + length,
                     });
                 }
@@ -202,19 +196,44 @@ impl Frame {
     }
 }
 
-/// Whether a frame's three components are RGB, not YCbCr: libjpeg reads them as
-/// YCbCr unless an Adobe marker or, without JFIF, the ids R, G, B say otherwise.
-pub(super) fn stores_rgb(
-    declared: &[FrameComponent],
+/// What the table and flag segments before (and between) scans have set up.
+#[derive(Default)]
+pub(super) struct Tables {
+    /// Quantisation tables, in natural (row-major) order.
+    pub quantisers: [Option<[i64; 64]>; 4],
+    pub dc_codes: [Option<Codes>; 4],
+    pub ac_codes: [Option<Codes>; 4],
+    /// MCUs between restart markers (0: none).
+    pub restart_interval: usize,
     jfif: bool,
     adobe_transform: Option<u8>,
-) -> bool {
-    let ids: Vec<u8> = declared.iter().map(|c| c.0).collect();
-    let rgb = match adobe_transform {
-        Some(transform) => transform != 1,
-        None => !jfif && ids == b"RGB",
-    };
-    ids.len() == 3 && rgb
+}
+
+impl Tables {
+    /// Takes in a DHT, DQT, DRI, JFIF or Adobe segment: `Some(true)` if `marker` was
+    /// one of those, `Some(false)` if not, `None` if it was malformed.
+    pub(super) fn read(&mut self, marker: u8, body: &[u8]) -> Option<bool> {
+        match marker {
+            0xC4 => parse_dht(body, &mut self.dc_codes, &mut self.ac_codes)?,
+            0xDB => parse_dqt(body, &mut self.quantisers)?,
+            0xDD => self.restart_interval = usize::from(be16(body)?),
+            0xE0 => self.jfif |= body.starts_with(b"JFIF\0"),
+            0xEE if body.starts_with(b"Adobe") => self.adobe_transform = Some(*body.get(11)?),
+            _ => return Some(false),
+        }
+        Some(true)
+    }
+
+    /// Whether a frame's three components are RGB, not YCbCr: libjpeg reads them as
+    /// YCbCr unless an Adobe marker or, without JFIF, the ids R, G, B say otherwise.
+    pub(super) fn stores_rgb(&self, declared: &[FrameComponent]) -> bool {
+        let ids: Vec<u8> = declared.iter().map(|c| c.0).collect();
+        let rgb = match self.adobe_transform {
+            Some(transform) => transform != 1,
+            None => !self.jfif && ids == b"RGB",
+        };
+        ids.len() == 3 && rgb
+    }
 }
 
 /// The 1/8-scale image of a `size` frame from its planes: chroma upsampled by
@@ -284,7 +303,7 @@ pub(super) fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent
 }
 
 /// DQT: quantisation tables of 8 or 16-bit values, stored in zigzag order.
-pub(super) fn parse_dqt(mut body: &[u8], quantisers: &mut [Option<[i64; 64]>; 4]) -> Option<()> {
+fn parse_dqt(mut body: &[u8], quantisers: &mut [Option<[i64; 64]>; 4]) -> Option<()> {
     while let Some(&precision_and_id) = body.first() {
         let id = usize::from(precision_and_id & 15);
         let wide = match precision_and_id >> 4 {
@@ -315,7 +334,7 @@ const ZIGZAG_TO_NATURAL: [usize; 64] = [
 ];
 
 /// DHT: one or more Huffman tables, DC (class 0) or AC (class 1).
-pub(super) fn parse_dht(
+fn parse_dht(
     mut body: &[u8],
     dc_codes: &mut [Option<Codes>; 4],
     ac_codes: &mut [Option<Codes>; 4],
@@ -338,13 +357,13 @@ pub(super) fn parse_dht(
 
 /// SOS: the first scan must hold every component, in frame order, as a baseline scan
 /// does (spectral selection 0..63, no successive approximation).
-fn parse_sos(
-    body: &[u8],
-    declared: &[FrameComponent],
-    quantisers: &[Option<[i64; 64]>; 4],
-    dc_codes: &[Option<Codes>; 4],
-    ac_codes: &[Option<Codes>; 4],
-) -> Option<Vec<Component>> {
+fn parse_sos(body: &[u8], declared: &[FrameComponent], tables: &Tables) -> Option<Vec<Component>> {
+    let Tables {
+        quantisers,
+        dc_codes,
+        ac_codes,
+        ..
+    } = tables;
     let count = usize::from(*body.first()?);
     if count != declared.len() || body.get(1 + 2 * count..4 + 2 * count)? != [0, 63, 0] {
         return None;

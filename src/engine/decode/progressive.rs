@@ -8,9 +8,9 @@
 //! stepped over with memchr, and the DC refinement scans that libjpeg's default
 //! progression sends last are read too, so the picture is libjpeg's full 1/8 decode
 //! (for 4:2:0 chroma, libjpeg's 2x2 decode less its AC detail). Memory is one
-//! coefficient per block: 0.3 MB for a 12 MP photo, where libjpeg's buffered-image
-//! mode keeps every coefficient of the image (two bytes per pixel per component, 36
-//! MB) before it can output anything.
+//! coefficient per block, about 1 MB for a 12 MP 4:2:0 photo, where libjpeg's
+//! buffered-image mode keeps every coefficient of the image (two bytes each, 36 MB)
+//! before it can output anything.
 //!
 //! Layouts our decoder does not take (arithmetic coding, 12-bit samples, CMYK, odd
 //! sampling) go to libjpeg's buffered-image mode, stopped once the DC scans are in.
@@ -22,8 +22,7 @@ use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg_sys as jpeg;
 
 use super::baseline::{
-    be16, dc_sample, parse_dht, parse_dqt, parse_sof, planes_to_image, stores_rgb, Bits, Codes,
-    DcTable, FrameComponent, Plane,
+    be16, dc_sample, parse_sof, planes_to_image, Bits, DcTable, FrameComponent, Plane, Tables,
 };
 use crate::engine::probe::complete::next_marker;
 use crate::error::{Error, Result};
@@ -62,13 +61,8 @@ fn decode_dc_scans(bytes: &[u8]) -> Option<DynamicImage> {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return None;
     }
-    let mut quantisers: [Option<[i64; 64]>; 4] = [None; 4];
-    let mut dc_codes: [Option<Codes>; 4] = Default::default();
-    let mut ac_codes: [Option<Codes>; 4] = Default::default();
+    let mut tables = Tables::default();
     let mut frame: Option<DcFrame> = None;
-    let mut restart_interval = 0;
-    let mut jfif = false;
-    let mut adobe_transform = None;
     let mut at = 2;
     loop {
         if *bytes.get(at)? != 0xFF {
@@ -87,30 +81,24 @@ fn decode_dc_scans(bytes: &[u8]) -> Option<DynamicImage> {
         let length = usize::from(be16(bytes.get(at + 2..)?)?);
         let body = bytes.get(at + 4..at + 2 + length)?;
         at += 2 + length;
+        if tables.read(marker, body)? {
+            continue;
+        }
         match marker {
             0xC2 if frame.is_none() => {
                 let (width, height, components) = parse_sof(body)?;
-                if stores_rgb(&components, jfif, adobe_transform) {
+                if tables.stores_rgb(&components) {
                     return None;
                 }
                 frame = Some(DcFrame::new((width, height), components));
             }
-            0xC4 => parse_dht(body, &mut dc_codes, &mut ac_codes)?,
             // Other frame types, a second frame, arithmetic-coding conditioning.
             0xC0..=0xCF => return None,
-            0xDB => parse_dqt(body, &mut quantisers)?,
-            0xDD => restart_interval = usize::from(be16(body)?),
-            0xE0 => jfif |= body.starts_with(b"JFIF\0"),
-            0xEE if body.starts_with(b"Adobe") => adobe_transform = Some(*body.get(11)?),
-            0xDA => {
-                at = frame
-                    .as_mut()?
-                    .scan(bytes, body, at, &dc_codes, restart_interval)?
-            }
+            0xDA => at = frame.as_mut()?.scan(bytes, body, at, &tables)?,
             _ => {}
         }
     }
-    frame?.to_image(&quantisers)
+    frame?.to_image(&tables.quantisers)
 }
 
 /// A progressive frame and the DC coefficients its scans have sent so far.
@@ -150,14 +138,8 @@ impl DcFrame {
 
     /// Reads one scan whose header is `header` and whose data starts at `at`, and
     /// returns where the next marker is. AC scans are only stepped over.
-    fn scan(
-        &mut self,
-        bytes: &[u8],
-        header: &[u8],
-        at: usize,
-        dc_codes: &[Option<Codes>; 4],
-        restart_interval: usize,
-    ) -> Option<usize> {
+    fn scan(&mut self, bytes: &[u8], header: &[u8], at: usize, tables: &Tables) -> Option<usize> {
+        let restart_interval = tables.restart_interval;
         let count = usize::from(*header.first()?);
         let [spectral_start, spectral_end, approximation] =
             header.get(1 + 2 * count..4 + 2 * count)?.try_into().ok()?;
@@ -177,7 +159,7 @@ impl DcFrame {
                 let table = match refining {
                     true => None,
                     false => Some(DcTable::new(
-                        dc_codes.get(usize::from(pair[1] >> 4))?.as_ref()?,
+                        tables.dc_codes.get(usize::from(pair[1] >> 4))?.as_ref()?,
                     )),
                 };
                 Some((index, table))

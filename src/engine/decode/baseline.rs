@@ -698,8 +698,9 @@ impl<'a> Bits<'a> {
         self.count -= bits;
     }
 
-    /// The next DC difference (JPEG F.2.2.1).
-    #[inline]
+    /// The next DC difference (JPEG F.2.2.1). Always inlined: called out of line,
+    /// the reader would have to live in memory through the whole block loop.
+    #[inline(always)]
     pub(super) fn dc_difference(&mut self, table: &DcTable) -> Option<i32> {
         if self.count < 32 {
             self.refill();
@@ -789,26 +790,35 @@ impl<'a> Bits<'a> {
     #[inline]
     fn skip_ac(&mut self, table: &AcTable) -> Option<()> {
         let mut position = 1;
+        let (mut bits, mut count) = (self.bits, self.count);
         while position < 64 {
-            if self.count < AC_LOOKUP_BITS {
+            if count < AC_LOOKUP_BITS {
+                (self.bits, self.count) = (bits, count);
                 self.refill();
+                (bits, count) = (self.bits, self.count);
             }
-            let entry = table.runs[(self.bits >> (64 - AC_LOOKUP_BITS)) as usize];
+            let entry = table.runs[(bits >> (64 - AC_LOOKUP_BITS)) as usize];
             // Missing, or symbols that would run into the next block (whose first
             // symbol is a DC code): one symbol the slow way.
             if entry == 0 || position + (entry >> 12) >= 64 {
                 let step;
+                (self.bits, self.count) = (bits, count);
                 (*self, step) = self.skip_long_ac(table)?;
+                (bits, count) = (self.bits, self.count);
                 position += step;
                 continue;
             }
             let total = entry & 31;
-            if total > self.count {
+            if total > count {
+                (self.bits, self.count) = (bits, count);
                 self.refill();
+                (bits, count) = (self.bits, self.count);
             }
-            self.consume(total);
+            bits <<= total;
+            count -= total;
             position += entry >> 5 & 127;
         }
+        (self.bits, self.count) = (bits, count);
         Some(())
     }
 

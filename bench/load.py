@@ -20,14 +20,14 @@ with a few requests, and drives it with wrk for --duration seconds:
    with the CPU the server spent per megabyte, against `sha1sum` plus `cp` of the same
    files measured here too.
 
-Before any row, memory is warmed: up to 8 GiB (half the available memory at most) is
-touched page by page and freed, so that every server and the `sha1sum` + `cp`
-baseline get memory the kernel has handed out before. On a
-freshly booted virtual machine the first touch of a page costs the hypervisor's fault
-(measured on the 2-core sandbox: writing a new file took 3.1 ms of CPU per MB into
-never-used memory, 0.25 ms into memory freed a moment before), and otherwise the
-upload rows paid it while the baseline, run after each row's store was deleted, did
-not. A server that has run for a while never pays it.
+Memory on these machines is a virtual machine's, and the hypervisor takes back the
+pages the guest has left free for a while (virtio-balloon free page reporting):
+touching one again costs a fault on the host. Writing a new 1 GB file took 0.7 ms of
+CPU per MB right after 8 GiB had been touched and freed, 1.0 after 5 s, 3.1 after
+20 s, on the 2-core sandbox. An upload stores new bytes in the page cache, so both
+the server's row and its `sha1sum` + `cp` baseline pay this; each starts after the
+same pause (SETTLE_SECONDS), from memory handed back to the host, so neither is
+flattered by pages the other just freed.
 
 Prints one markdown table and the targets as ratios; --write puts both into
 BENCHMARKS.md. Needs only the standard library, wrk, nginx, and the peers under
@@ -343,17 +343,14 @@ def cached(args, workdir, images, photo):
     return rows
 
 
-def warm_memory():
-    """Touches every page of up to 8 GiB (half of MemAvailable at most) and frees it:
-    the pages go back to the kernel's free lists, first in line for the page cache
-    and buffers of the rows to come (see the module doc). Returns the MiB."""
-    available_kib = next(int(line.split()[1]) for line in open("/proc/meminfo")
-                         if line.startswith("MemAvailable:"))
-    mebibytes = min(8192, available_kib // 1024 // 2)
-    block = bytearray(mebibytes << 20)
-    memoryview(block)[::4096] = b"\1" * len(range(0, len(block), 4096))
-    del block
-    return mebibytes
+SETTLE_SECONDS = 30
+
+
+def settle():
+    """Waits until memory freed so far has gone back to the hypervisor (see the module
+    doc), so the upload measurement that follows starts from the same state as the
+    others."""
+    time.sleep(SETTLE_SECONDS)
 
 
 def upload_files(corpus):
@@ -368,10 +365,12 @@ def upload_files(corpus):
 def uploads(args, workdir, files):
     rows = []
     for connections in args.connections:
+        settle()
         with Progimage(workdir, args.binary) as server:
             server.upload(files[0])
             row = measure(server, connections, args.duration, "upload", *files)
         row["cpu_ms_per_mb"] = row["cpu_s"] * 1000 / (row["bytes_sent"] / 1e6)
+        settle()
         row["baseline_ms_per_mb"] = hash_and_copy_cpu_ms_per_mb(workdir, files, row["requests"])
         rows.append(("progimage", connections, row))
     return rows
@@ -458,7 +457,6 @@ def main():
     if not files or not all(os.path.exists(os.path.join(args.corpus, photo)) for photo in PHOTOS):
         sys.exit(f"the corpus at {args.corpus} lacks {PHOTOS} or photos of 1-10 MB")
     with tempfile.TemporaryDirectory(prefix="progimage-http-") as workdir:
-        print(f"memory warmed: {warm_memory()} MiB touched and freed", flush=True)
         images = os.path.join(workdir, "images")
         os.mkdir(images)
         for photo in PHOTOS:
@@ -478,7 +476,7 @@ def main():
             sections.append((f"uploads ({len(files)} photos of {sizes} MB)", uploads(args, workdir, files)))
 
     body = (f"{datetime.date.today()}, commit {report.commit()}, {report.machine()}; "
-            f"{args.duration} s per row, wrk on the same machine, memory warmed first.\n"
+            f"{args.duration} s per row, wrk on the same machine.\n"
             f"Command: `bench/http.sh --duration {args.duration} --write BENCHMARKS.md`\n\n"
             f"{table(sections)}\n\nTargets, as ratios within this run:\n\n{targets(sections)}\n")
     print("\n" + body)

@@ -567,8 +567,23 @@ pub async fn fuzz_read_upload(content_type: &str, body: bytes::Bytes) -> Result<
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits up to `shutdown_grace_secs` for in-flight requests to finish. At most
 /// `max_connections` are served at once; a connection whose responses stop moving for
-/// `write_timeout_secs` is dropped (see [`slow`]).
+/// `write_timeout_secs` is dropped (see [`slow`]). Connections are served on the
+/// current runtime.
 pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_on(&[], listener, app, settings, shutdown).await
+}
+
+/// [`serve`], with accepted connections handed to `runtimes` in turn (the current
+/// runtime when empty). Given one single-threaded runtime per core, a connection then
+/// lives on one thread, and serving its requests wakes no other (`progimage serve`
+/// does this; DECISIONS, "One runtime per core").
+pub async fn serve_on(
+    runtimes: &[tokio::runtime::Handle],
     listener: TcpListener,
     app: Arc<App>,
     settings: &Settings,
@@ -585,6 +600,7 @@ pub async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
     let write_timeout = Duration::from_secs(settings.limits.write_timeout_secs);
     tokio::pin!(shutdown);
+    let mut next_runtime = (0..runtimes.len()).cycle();
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -614,15 +630,34 @@ pub async fn serve(
                     let app = Arc::clone(&app);
                     async move { Ok::<_, Infallible>(app.handle(request).await) }
                 });
-                let io = TokioIo::new(slow::WriteTimeout::new(stream, write_timeout));
-                let connection = builder.serve_connection(io, service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                // The connection is built on the runtime that will poll it, so that its
+                // socket and timers register with that runtime's drivers.
+                let serve_connection = move |stream: tokio::net::TcpStream| async move {
+                    let io = TokioIo::new(slow::WriteTimeout::new(stream, write_timeout));
+                    let connection = builder.serve_connection(io, service).into_owned();
+                    if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
                     drop(slot);
-                });
+                };
+                match next_runtime.next().map(|index| &runtimes[index]) {
+                    None => drop(tokio::spawn(serve_connection(stream))),
+                    Some(runtime) => {
+                        // Out of this runtime's driver, into the other's.
+                        let moved = stream.into_std().map(|stream| {
+                            runtime.spawn(async move {
+                                match tokio::net::TcpStream::from_std(stream) {
+                                    Ok(stream) => serve_connection(stream).await,
+                                    Err(err) => tracing::warn!(error = %err, "could not move a connection"),
+                                }
+                            })
+                        });
+                        if let Err(err) = moved {
+                            tracing::warn!(error = %err, "could not move a connection");
+                        }
+                    }
+                }
             }
             () = &mut shutdown => break,
         }

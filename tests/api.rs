@@ -20,7 +20,12 @@ async fn schemathesis(server: &TestServer, examples: u32) {
     assert_eq!(parsed["openapi"], "3.1.0");
 
     let output = tokio::process::Command::new("python3")
-        .args(["-m", "schemathesis.cli", "run"])
+        .args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/schemathesis.toml"
+        ))
+        .arg("run")
         .arg(server.url("/openapi.json"))
         .args([
             "--checks",

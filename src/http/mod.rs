@@ -578,12 +578,12 @@ pub async fn serve(
     serve_on(&[], listener, app, settings, shutdown).await
 }
 
-/// [`serve`], with accepted connections handed to `runtimes` in turn (the current
-/// runtime when empty). Given one single-threaded runtime per core, a connection then
+/// [`serve`], with accepted connections handed in turn to the current runtime and to
+/// each of `others`. Given one single-threaded runtime per core, a connection then
 /// lives on one thread, and serving its requests wakes no other (`progimage serve`
 /// does this; DECISIONS, "One runtime per core").
 pub async fn serve_on(
-    runtimes: &[tokio::runtime::Handle],
+    others: &[tokio::runtime::Handle],
     listener: TcpListener,
     app: Arc<App>,
     settings: &Settings,
@@ -600,7 +600,8 @@ pub async fn serve_on(
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
     let write_timeout = Duration::from_secs(settings.limits.write_timeout_secs);
     tokio::pin!(shutdown);
-    let mut next_runtime = (0..runtimes.len()).cycle();
+    // None is the current runtime's turn.
+    let mut turns = std::iter::once(None).chain(others.iter().map(Some)).cycle();
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -641,7 +642,7 @@ pub async fn serve_on(
                     }
                     drop(slot);
                 };
-                match next_runtime.next().map(|index| &runtimes[index]) {
+                match turns.next().flatten() {
                     None => drop(tokio::spawn(serve_connection(stream))),
                     Some(runtime) => {
                         // Out of this runtime's driver, into the other's.

@@ -793,9 +793,7 @@ impl<'a> Bits<'a> {
         let (mut bits, mut count) = (self.bits, self.count);
         while position < 64 {
             if count < AC_LOOKUP_BITS {
-                (self.bits, self.count) = (bits, count);
-                self.refill();
-                (bits, count) = (self.bits, self.count);
+                (bits, count) = self.refilled(bits, count);
             }
             let entry = table.runs[(bits >> (64 - AC_LOOKUP_BITS)) as usize];
             // Missing, or symbols that would run into the next block (whose first
@@ -810,9 +808,7 @@ impl<'a> Bits<'a> {
             }
             let total = entry & 31;
             if total > count {
-                (self.bits, self.count) = (bits, count);
-                self.refill();
-                (bits, count) = (self.bits, self.count);
+                (bits, count) = self.refilled(bits, count);
             }
             bits <<= total;
             count -= total;
@@ -820,6 +816,15 @@ impl<'a> Bits<'a> {
         }
         (self.bits, self.count) = (bits, count);
         Some(())
+    }
+
+    /// [`Self::refill`] for a loop that holds the register in locals (`skip_ac`):
+    /// takes them back, refills, and hands them out again.
+    #[inline(always)]
+    fn refilled(&mut self, bits: u64, count: u32) -> (u64, u32) {
+        (self.bits, self.count) = (bits, count);
+        self.refill();
+        (self.bits, self.count)
     }
 
     /// One symbol decoded the slow way: a code longer than the lookahead, or where

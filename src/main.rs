@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use progimage::config::Overrides;
 use progimage::engine::{Engine, Format, OutputFormat, Presets};
+use progimage::http::steer::CpuSet;
 use progimage::http::{serve_on, App};
 use progimage::service::Service;
 use progimage::store::Store;
@@ -200,22 +201,30 @@ fn run_serve(args: Serve) -> Result<(), String> {
             ..Overrides::default()
         })
         .map_err(|e| e.to_string())?;
-    // One single-threaded runtime per core, each serving the connections handed to it
-    // in turn: a connection stays on one thread, so serving it wakes no other (cached
-    // reads on two cores: +6% requests a second at 16 connections, +11% at 4, against
-    // one work-stealing runtime; DECISIONS, "One runtime per core"). CPU work still
-    // goes to the blocking pools, behind the shared transform permits.
+    // One single-threaded runtime per core, pinned there, each serving the connections
+    // that arrive on its core (see `progimage::http::steer`; DECISIONS, "One runtime per
+    // core"). CPU work still goes to the blocking pools, whose threads may run on any
+    // core, behind the shared transform permits.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let usable = CpuSet::current().ok();
+    // Pinned only with a runtime for every usable core: under a CPU quota smaller than
+    // the set, the scheduler places the threads.
+    let cpus = usable
+        .map(|set| set.cpus())
+        .filter(|cpus| cpus.len() == threads)
+        .unwrap_or_default();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut other_runtimes = Vec::with_capacity(threads - 1);
     let mut other_threads = Vec::with_capacity(threads - 1);
-    for _ in 1..threads {
-        let runtime = current_thread_runtime()?;
+    for index in 1..threads {
+        let runtime = current_thread_runtime(usable)?;
+        let cpu = cpus.get(index).copied();
         other_runtimes.push(runtime.handle().clone());
         let mut stopping = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("progimage-serve".to_string())
             .spawn(move || {
+                pin(cpu);
                 runtime.block_on(async move {
                     let _ = stopping.wait_for(|stop| *stop).await;
                 });
@@ -226,7 +235,8 @@ fn run_serve(args: Serve) -> Result<(), String> {
     }
     // Kept until the other threads are joined: their last requests may use store
     // connections whose tasks live on this runtime.
-    let runtime = current_thread_runtime()?;
+    pin(cpus.first().copied());
+    let runtime = current_thread_runtime(usable)?;
     let served = runtime.block_on(async {
         let store = Store::open(&settings.store, &settings.s3).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -236,14 +246,22 @@ fn run_serve(args: Serve) -> Result<(), String> {
             listen = %listener.local_addr().map_err(|e| e.to_string())?,
             store = %settings.store,
             threads,
+            pinned = !cpus.is_empty(),
             avif_encoder = %progimage::engine::encode::avif::encoder_name(),
             "progimage is serving"
         );
         let service = Service::new(&settings, store).map_err(|e| e.to_string())?;
         let app = Arc::new(App::new(&settings, service).map_err(|e| e.to_string())?);
-        serve_on(&other_runtimes, listener, app, &settings, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        serve_on(
+            &other_runtimes,
+            &cpus,
+            listener,
+            app,
+            &settings,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
     });
     let _ = stop.send(true);
     for thread in other_threads {
@@ -252,9 +270,25 @@ fn run_serve(args: Serve) -> Result<(), String> {
     served
 }
 
-fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+/// Keeps the calling thread on `cpu`, if given.
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        if let Err(err) = CpuSet::only(cpu).apply() {
+            tracing::warn!(cpu, error = %err, "could not pin a serving thread");
+        }
+    }
+}
+
+/// A runtime for one serving thread. Its blocking-pool threads get back all of
+/// `usable`, not the pinned thread's one core they would inherit.
+fn current_thread_runtime(usable: Option<CpuSet>) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(move || {
+            if let Some(Err(err)) = usable.map(|set| set.apply()) {
+                tracing::warn!(error = %err, "could not unpin a blocking thread");
+            }
+        })
         .build()
         .map_err(|e| e.to_string())
 }

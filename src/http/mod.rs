@@ -13,6 +13,7 @@ mod routes;
 mod slow;
 #[cfg(test)]
 mod spec;
+pub mod steer;
 mod upload;
 
 use std::convert::Infallible;
@@ -575,15 +576,17 @@ pub async fn serve(
     settings: &Settings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_on(&[], listener, app, settings, shutdown).await
+    serve_on(&[], &[], listener, app, settings, shutdown).await
 }
 
-/// [`serve`], with accepted connections handed in turn to the current runtime and to
-/// each of `others`. Given one single-threaded runtime per core, a connection then
-/// lives on one thread, and serving its requests wakes no other (`progimage serve`
-/// does this; DECISIONS, "One runtime per core").
+/// [`serve`], with accepted connections shared between the current runtime and
+/// `others` (see [`steer`] for which gets which). `cpus` are the cores these runtimes
+/// are pinned to, the current one first; empty if they are not. Given one
+/// single-threaded runtime per core, a connection then lives on one thread, and
+/// serving its requests wakes no other (`progimage serve` does this).
 pub async fn serve_on(
     others: &[tokio::runtime::Handle],
+    cpus: &[usize],
     listener: TcpListener,
     app: Arc<App>,
     settings: &Settings,
@@ -600,8 +603,7 @@ pub async fn serve_on(
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections));
     let write_timeout = Duration::from_secs(settings.limits.write_timeout_secs);
     tokio::pin!(shutdown);
-    // None is the current runtime's turn.
-    let mut turns = std::iter::once(None).chain(others.iter().map(Some)).cycle();
+    let steering = steer::Steering::new(others.len() + 1, cpus);
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -632,6 +634,9 @@ pub async fn serve_on(
                     async move { Ok::<_, Infallible>(app.handle(request).await) }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let placed = steering.place(&stream);
+                // Index 0 is the current runtime.
+                let runtime = placed.index.checked_sub(1).map(|other| &others[other]);
                 // The connection is built on the runtime that will poll it, so that its
                 // socket and timers register with that runtime's drivers.
                 let serve_connection = move |stream: tokio::net::TcpStream| async move {
@@ -640,9 +645,9 @@ pub async fn serve_on(
                     if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
-                    drop(slot);
+                    drop((slot, placed));
                 };
-                match turns.next().flatten() {
+                match runtime {
                     None => drop(tokio::spawn(serve_connection(stream))),
                     Some(runtime) => {
                         // Out of this runtime's driver, into the other's.

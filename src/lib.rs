@@ -30,7 +30,8 @@
 //! - [`signing`]: signed transform URLs (HMAC-SHA256), for the server and `progimage sign`.
 //! - [`metrics`]: the counters and histograms `GET /metrics` reports.
 //! - [`hot`]: recently served transform results in memory, in front of the store.
-//! - [`logs`]: log lines to stderr in batches, off the request path.
+//! - [`logs`]: log lines to stderr in batches, off the request path, and the request
+//!   line, formatted by hand.
 //! - `hugepages`: the global allocator (Linux): large buffers in 2 MiB pages.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.

@@ -150,6 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Log lines are written in batches by a thread of their own (see `logs`).
     let (writer, flush_logs) = progimage::logs::BatchedStderr::start();
+    progimage::logs::log_requests(writer.clone(), cli.log_format == LogFormat::Json);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -237,3 +237,49 @@ async fn json_logs_have_one_line_per_request_with_its_id() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn request_lines_follow_rust_log_like_any_info_line_of_the_http_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_progimage"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info,progimage::http=warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let started = received.recv_timeout(Duration::from_secs(30)).unwrap();
+    let address = started
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let response = reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    child.wait().unwrap();
+    // Everything written before the exit: the shutdown lines (module `progimage`) but
+    // no request line.
+    let rest: Vec<String> = received.iter().collect();
+    assert!(
+        rest.iter().any(|line| line.contains("shutting down")),
+        "{rest:?}"
+    );
+    assert!(
+        !rest.iter().any(|line| line.contains("request method=")),
+        "{rest:?}"
+    );
+}

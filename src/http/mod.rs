@@ -145,18 +145,17 @@ impl App {
         if let Some(cache) = cache {
             metrics.cache(cache.as_str());
         }
-        span.in_scope(|| {
-            tracing::info!(
-                method = %method,
-                route = route_name,
-                path = %path,
-                status,
-                ms = elapsed.as_secs_f64() * 1000.0,
-                bytes,
-                cache = cache.map_or("-", |c| c.as_str()),
-                "request"
-            )
-        });
+        crate::logs::RequestLine {
+            id: &request_id,
+            method: method.as_str(),
+            route: route_name,
+            path: &path,
+            status,
+            ms: elapsed.as_secs_f64() * 1000.0,
+            bytes,
+            cache: cache.map_or("-", |c| c.as_str()),
+        }
+        .write();
         response
     }
 

@@ -276,7 +276,7 @@ impl Engine {
         pixels * 8 + coefficients + encoder
     }
 
-    /// Identifies and checks an image from its header (see [`probe::probe`]).
+    /// Identifies and checks an image from its header (see `engine::probe::probe`).
     pub fn probe(&self, bytes: &[u8]) -> Result<Probe> {
         probe::probe(bytes, &self.limits)
     }

@@ -567,7 +567,7 @@ pub async fn fuzz_read_upload(content_type: &str, body: bytes::Bytes) -> Result<
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits up to `shutdown_grace_secs` for in-flight requests to finish. At most
 /// `max_connections` are served at once; a connection whose responses stop moving for
-/// `write_timeout_secs` is dropped (see [`slow`]). Connections are served on the
+/// `write_timeout_secs` is dropped (see `http::slow`). Connections are served on the
 /// current runtime.
 pub async fn serve(
     listener: TcpListener,

@@ -1,6 +1,6 @@
 //! Decoding: encoded bytes to upright sRGB pixels, within limits, no larger than needed.
 //!
-//! Runs only after [`probe`](super::probe) has accepted the header. Before any pixel
+//! Runs only after `engine::probe` has accepted the header. Before any pixel
 //! is decoded, the caller's `plan` sees the upright size: it checks the output limits
 //! and says how small the decoder may go. JPEGs are decoded by mozjpeg
 //! (libjpeg-turbo's SIMD code), which can scale by 1/2, 1/4 or 1/8 inside the inverse

@@ -51,12 +51,15 @@ impl CpuSet {
             .collect()
     }
 
-    /// A set of one core.
+    /// A set of one core. Past `CPU_SETSIZE` (no core `cpus` lists is) the set is
+    /// empty, and `apply` fails.
     pub fn only(cpu: usize) -> Self {
-        // SAFETY: as in `current`; CPU_SET ignores indexes past the set's size.
+        // SAFETY: as in `current`; the index is checked against the set's size first.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
+            if cpu < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+            }
             Self(set)
         }
     }

@@ -7,12 +7,13 @@ mod common;
 use common::instance::Instance;
 use common::noise_png;
 
-/// (thread name, cores it may run on) for every thread of `pid`, from /proc.
+/// (thread name, cores it may run on) for every thread of `pid`, from /proc. A thread
+/// that ends between the listing and the read (an idle blocking thread) is skipped.
 fn thread_cores(pid: i32) -> Vec<(String, Vec<usize>)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .map(|task| {
-            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        .filter_map(|task| {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).ok()?;
             let field = |name: &str| {
                 status
                     .lines()
@@ -21,7 +22,7 @@ fn thread_cores(pid: i32) -> Vec<(String, Vec<usize>)> {
                     .trim()
                     .to_string()
             };
-            (field("Name:"), cores(&field("Cpus_allowed_list:")))
+            Some((field("Name:"), cores(&field("Cpus_allowed_list:"))))
         })
         .collect()
 }

@@ -34,9 +34,11 @@
 //!   line, formatted by hand.
 //! - `hugepages`: the global allocator (Linux): large buffers in 2 MiB pages.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
+//! - [`buffers`]: upload buffers kept for reuse, so uploads land in memory already mapped.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
 pub mod budget;
+pub mod buffers;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -25,6 +25,7 @@ use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::budget::{MemoryBudget, Reservation, Waiting};
+use crate::buffers::BufferPool;
 use crate::config::Settings;
 use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
@@ -111,10 +112,15 @@ pub struct Upload {
 pub struct IncomingImage {
     hasher: Sha1,
     buffer: Vec<u8>,
+    buffers: Arc<BufferPool>,
     limit: u64,
     budget: Arc<MemoryBudget>,
     memory: Reservation,
 }
+
+/// Idle upload buffers kept for reuse hold at most this fraction of the memory
+/// budget (64 MiB of the default 256).
+const IDLE_UPLOAD_BUFFERS_SHARE: u64 = 4;
 
 /// How much a body of unknown length reserves at a time.
 const GROWTH: u64 = 1024 * 1024;
@@ -122,7 +128,12 @@ const GROWTH: u64 = 1024 * 1024;
 impl IncomingImage {
     /// `expected` is the declared length, if any: refused over the limit, else
     /// reserved from the budget (waiting for it) and used to size the buffer.
-    pub async fn new(limit: u64, expected: Option<u64>, budget: Arc<MemoryBudget>) -> Result<Self> {
+    pub async fn new(
+        limit: u64,
+        expected: Option<u64>,
+        budget: Arc<MemoryBudget>,
+        buffers: Arc<BufferPool>,
+    ) -> Result<Self> {
         if let Some(length) = expected.filter(|&length| length > limit) {
             return Err(upload_too_large(limit, Some(length)));
         }
@@ -133,7 +144,8 @@ impl IncomingImage {
         let capacity = expected.unwrap_or(0).min(limit) as usize;
         Ok(Self {
             hasher: Sha1::new(),
-            buffer: Vec::with_capacity(capacity),
+            buffer: buffers.take(capacity),
+            buffers,
             limit,
             budget,
             memory,
@@ -167,12 +179,20 @@ impl IncomingImage {
     }
 
     /// The id (SHA-1 of everything pushed), the bytes and their reservation.
-    pub fn finish(self) -> (ImageId, Bytes, Reservation) {
+    pub fn finish(mut self) -> (ImageId, Bytes, Reservation) {
+        let buffer = std::mem::take(&mut self.buffer);
         (
-            ImageId::from_digest(&self.hasher.finalize()),
-            self.buffer.into(),
-            self.memory,
+            ImageId::from_digest(&self.hasher.finalize_reset()),
+            self.buffers.freeze(buffer),
+            std::mem::replace(&mut self.memory, Reservation::none()),
         )
+    }
+}
+
+impl Drop for IncomingImage {
+    /// An upload refused halfway gives its buffer back too.
+    fn drop(&mut self) {
+        self.buffers.give(std::mem::take(&mut self.buffer));
     }
 }
 
@@ -253,6 +273,7 @@ pub struct Service {
     lease_ttl: Duration,
     max_upload_bytes: u64,
     memory: Arc<MemoryBudget>,
+    upload_buffers: Arc<BufferPool>,
     metrics: Arc<Metrics>,
     hot: HotCache,
 }
@@ -273,6 +294,9 @@ impl Service {
             memory: Arc::new(MemoryBudget::new(
                 settings.limits.memory_budget_bytes,
                 settings.limits.max_queued_transforms,
+            )),
+            upload_buffers: Arc::new(BufferPool::new(
+                (settings.limits.memory_budget_bytes / IDLE_UPLOAD_BUFFERS_SHARE) as usize,
             )),
             metrics: Arc::new(Metrics::default()),
             hot: HotCache::new(settings.hot_cache_bytes),
@@ -317,6 +341,7 @@ impl Service {
             self.max_upload_bytes,
             declared_length,
             Arc::clone(&self.memory),
+            Arc::clone(&self.upload_buffers),
         )
         .await
     }
@@ -936,13 +961,14 @@ mod tests {
     #[tokio::test]
     async fn incoming_images_are_hashed_limited_and_budgeted() {
         let budget = Arc::new(MemoryBudget::new(1 << 30, 8));
-        let mut incoming = IncomingImage::new(5, None, Arc::clone(&budget))
+        let buffers = Arc::new(BufferPool::new(1 << 20));
+        let mut incoming = IncomingImage::new(5, None, Arc::clone(&budget), buffers.clone())
             .await
             .unwrap();
         incoming.push(b"abc").unwrap();
         assert_eq!(incoming.push(b"def").unwrap_err().code, "max_upload_bytes");
         let (id, bytes, memory) = {
-            let mut ok = IncomingImage::new(5, Some(3), Arc::clone(&budget))
+            let mut ok = IncomingImage::new(5, Some(3), Arc::clone(&budget), buffers.clone())
                 .await
                 .unwrap();
             ok.push(b"abc").unwrap();
@@ -951,13 +977,17 @@ mod tests {
         assert_eq!(id.as_str(), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(bytes, "abc");
         assert!(memory.bytes() >= 3);
-        assert!(IncomingImage::new(5, Some(6), Arc::clone(&budget))
-            .await
-            .is_err());
+        assert!(
+            IncomingImage::new(5, Some(6), Arc::clone(&budget), buffers.clone())
+                .await
+                .is_err()
+        );
         // A body of unknown length that outgrows a spent budget is refused.
         let small = Arc::new(MemoryBudget::new(4096, 8));
         let _held = small.reserve(4096).await.unwrap();
-        let mut starved = IncomingImage::new(1 << 20, None, small).await.unwrap();
+        let mut starved = IncomingImage::new(1 << 20, None, small, buffers)
+            .await
+            .unwrap();
         assert_eq!(starved.push(b"x").unwrap_err().code, "too_many_requests");
     }
 }

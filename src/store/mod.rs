@@ -33,7 +33,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, WriteMultipart,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    WriteMultipart,
 };
 
 use crate::config::S3Settings;
@@ -170,7 +171,8 @@ impl Store {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self.objects.put_opts(path, bytes.into(), options).await {
+        let payload: PutPayload = slices(&bytes, WRITE_SLICE).collect();
+        match self.objects.put_opts(path, payload, options).await {
             Ok(_) => Ok(Put::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyThere),
             Err(err) => Err(err.into()),
@@ -182,9 +184,8 @@ impl Store {
     async fn put_in_parts(&self, path: &Path, bytes: Bytes) -> Result<()> {
         let upload = self.objects.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.multipart_part);
-        for start in (0..bytes.len()).step_by(self.multipart_part) {
-            let end = bytes.len().min(start + self.multipart_part);
-            writer.put(bytes.slice(start..end));
+        for part in slices(&bytes, self.multipart_part) {
+            writer.put(part);
             if let Err(err) = writer.wait_for_capacity(4).await {
                 let _ = writer.abort().await;
                 return Err(err.into());
@@ -307,6 +308,21 @@ impl Store {
     }
 }
 
+/// The most a single put hands the filesystem in one `write`. A larger write makes
+/// the kernel build the file from large page-cache folios, which on a virtual machine
+/// that returns free memory to its host come from memory the host has taken back:
+/// writing a 10 MB upload in one call cost 2.5 ms of CPU per MB here, in 256 KiB
+/// writes 0.2 (DECISIONS, "Uploads written in slices"). Object stores concatenate the
+/// slices, so this only changes how the bytes are handed over.
+const WRITE_SLICE: usize = 256 * 1024;
+
+/// `bytes` as consecutive slices of at most `size` bytes (no copies).
+fn slices(bytes: &Bytes, size: usize) -> impl Iterator<Item = Bytes> + '_ {
+    (0..bytes.len())
+        .step_by(size)
+        .map(move |start| bytes.slice(start..bytes.len().min(start + size)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +411,23 @@ mod tests {
             Put::AlreadyThere
         );
         assert_eq!(store.read(&path).await.unwrap().unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn files_are_written_in_slices_and_arrive_whole() {
+        let bytes: Bytes = (0..4 * WRITE_SLICE + 3).map(|i| (i % 251) as u8).collect();
+        let lengths: Vec<usize> = slices(&bytes, WRITE_SLICE).map(|s| s.len()).collect();
+        assert_eq!(
+            lengths,
+            [WRITE_SLICE, WRITE_SLICE, WRITE_SLICE, WRITE_SLICE, 3]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &S3Settings::default()).unwrap();
+        let path = Path::from("a/b/whole");
+        assert_eq!(
+            store.put_if_absent(&path, bytes.clone()).await.unwrap(),
+            Put::Created
+        );
+        assert_eq!(std::fs::read(dir.path().join("a/b/whole")).unwrap(), bytes);
     }
 }

@@ -100,3 +100,87 @@ async fn each_serving_thread_has_a_core_and_transforms_may_use_them_all() {
         assert!(serving.iter().all(|cores| **cores == usable), "{threads:?}");
     }
 }
+
+/// Restricts the calling thread to one core.
+fn pin_to(core: usize) {
+    // SAFETY: cpu_set_t is plain data, the core is below CPU_SETSIZE (it is one of
+    // this machine's), and sched_setaffinity reads a set of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        let status = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
+/// One `GET /healthz` on a kept-alive connection; whether the response asks the
+/// client to close it.
+fn healthz_says_close(stream: &mut std::io::BufReader<std::net::TcpStream>) -> bool {
+    use std::io::{BufRead, Read, Write};
+    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    stream.get_mut().write_all(request).unwrap();
+    let (mut length, mut close) = (0, false);
+    let mut status = String::new();
+    stream.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(value) = line.strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        close |= line == "connection: close";
+    }
+    stream.read_exact(&mut vec![0; length]).unwrap();
+    close
+}
+
+#[test]
+fn a_connection_whose_client_moves_core_is_asked_to_reconnect_there() {
+    let usable = thread_cores(std::process::id() as i32)[0].1.clone();
+    let parallelism = std::thread::available_parallelism().unwrap().get();
+    if usable.len() < 2 || usable.len() != parallelism {
+        eprintln!(
+            "skipped: the serving threads are pinned only with two cores or more, all usable"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::spawn(dir.path().to_str().unwrap(), &[]);
+    let address = instance
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // A thread of its own, as pinning it must not move the test harness's threads.
+    std::thread::spawn(move || {
+        pin_to(usable[0]);
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        let mut stream = std::io::BufReader::new(stream);
+        for request in 1..=64 {
+            assert!(
+                !healthz_says_close(&mut stream),
+                "asked to leave at request {request}"
+            );
+        }
+        // The client now sends from another core: within two looks 16 requests apart
+        // (plus one interval to start them), the server asks it to reconnect.
+        pin_to(usable[1]);
+        let asked = (1..=48).find(|_| healthz_says_close(&mut stream));
+        assert!(
+            asked.is_some(),
+            "never asked to reconnect from core {}",
+            usable[1]
+        );
+        // And it closes the connection after that response.
+        let mut rest = Vec::new();
+        let read = std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+        assert_eq!(read, 0, "{:?}", String::from_utf8_lossy(&rest));
+    })
+    .join()
+    .unwrap();
+}

@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, TryStreamExt};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
-    RETRY_AFTER, VARY,
+    HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    LOCATION, RETRY_AFTER, VARY,
 };
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -628,12 +628,21 @@ pub async fn serve_on(
                     }
                 };
                 let app = Arc::clone(&app);
-                let service = service_fn(move |request| {
+                let placed = Arc::new(steering.place(&stream));
+                let watched = Arc::clone(&placed);
+                let service = service_fn(move |request: Request<Incoming>| {
                     let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(app.handle(request).await) }
+                    // HTTP/2 has no per-response close; its connections stay put.
+                    let reconnect = request.version() == Version::HTTP_11 && watched.served_one();
+                    async move {
+                        let mut response = app.handle(request).await;
+                        if reconnect {
+                            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
-                let placed = steering.place(&stream);
                 // Index 0 is the current runtime.
                 let runtime = placed.index.checked_sub(1).map(|other| &others[other]);
                 // The connection is built on the runtime that will poll it, so that its

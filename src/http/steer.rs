@@ -2,7 +2,7 @@
 //!
 //! `progimage serve` runs one single-threaded runtime per core, each on a thread
 //! pinned to its core, and a connection stays on the runtime it is given until its
-//! client moves (see [`Placed`]). It is given to the runtime of the core its packets
+//! client moves (see `Placed`). It is given to the runtime of the core its packets
 //! arrive on (`SO_INCOMING_CPU`: where the
 //! network card's receive queue is handled, or on loopback where the client sent
 //! from), as receive flow steering does: the kernel's receive work, the wake-up and

@@ -15,6 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+/// Buffers smaller than this are not kept: malloc recycles them itself (only larger
+/// blocks get mappings of their own), and the idle list stays short.
+const SMALLEST_KEPT: usize = 256 * 1024;
+
 /// See the module documentation. Shared behind an `Arc`.
 pub struct BufferPool {
     idle: Mutex<Vec<Vec<u8>>>,
@@ -48,7 +52,7 @@ impl BufferPool {
     /// Keeps `buffer` for a later upload if the idle total stays within the bound;
     /// frees it otherwise.
     pub fn give(&self, mut buffer: Vec<u8>) {
-        if buffer.capacity() == 0 {
+        if buffer.capacity() < SMALLEST_KEPT {
             return;
         }
         buffer.clear();
@@ -99,8 +103,8 @@ mod tests {
 
     #[test]
     fn frozen_buffers_come_back_and_are_reused() {
-        let pool = Arc::new(BufferPool::new(1 << 20));
-        let mut buffer = pool.take(1000);
+        let pool = Arc::new(BufferPool::new(4 * SMALLEST_KEPT));
+        let mut buffer = pool.take(SMALLEST_KEPT);
         buffer.extend_from_slice(b"image bytes");
         let address = buffer.as_ptr();
         let bytes = pool.freeze(buffer);
@@ -109,8 +113,8 @@ mod tests {
         assert_eq!(pool.idle_bytes(), 0, "a clone still holds it");
         assert_eq!(clone, "image bytes");
         drop(clone);
-        assert!(pool.idle_bytes() >= 1000);
-        let again = pool.take(500);
+        assert_eq!(pool.idle_bytes(), SMALLEST_KEPT);
+        let again = pool.take(1000);
         assert_eq!(again.as_ptr(), address, "the same memory, handed out again");
         assert!(again.is_empty());
         assert_eq!(pool.idle_bytes(), 0);
@@ -118,13 +122,18 @@ mod tests {
 
     #[test]
     fn the_smallest_fitting_buffer_is_taken_and_the_idle_total_is_bounded() {
-        let pool = BufferPool::new(10_000);
-        pool.give(Vec::with_capacity(6000));
-        pool.give(Vec::with_capacity(3000));
-        pool.give(Vec::with_capacity(2000)); // over the bound: freed
-        assert_eq!(pool.idle_bytes(), 9000);
-        assert_eq!(pool.take(2500).capacity(), 3000);
-        assert!(pool.take(7000).capacity() >= 7000, "none fits: a new one");
-        assert_eq!(pool.idle_bytes(), 6000);
+        let unit = SMALLEST_KEPT;
+        let pool = BufferPool::new(10 * unit);
+        pool.give(Vec::with_capacity(6 * unit));
+        pool.give(Vec::with_capacity(3 * unit));
+        pool.give(Vec::with_capacity(2 * unit)); // over the bound: freed
+        pool.give(Vec::with_capacity(unit - 1)); // small: left to malloc
+        assert_eq!(pool.idle_bytes(), 9 * unit);
+        assert_eq!(pool.take(2 * unit + 1).capacity(), 3 * unit);
+        assert!(
+            pool.take(7 * unit).capacity() >= 7 * unit,
+            "none fits: a new one"
+        );
+        assert_eq!(pool.idle_bytes(), 6 * unit);
     }
 }

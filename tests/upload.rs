@@ -17,6 +17,7 @@ on_every_store!(
     a_form_without_the_image_field_is_400_naming_it,
     location_follows_forwarded_headers_or_the_public_url,
     concurrent_identical_uploads_leave_one_blob_and_one_sidecar,
+    uploads_in_reused_buffers_store_exactly_their_own_bytes,
 );
 
 /// A server whose filesystem store is a directory the test owns, so the test can also
@@ -111,6 +112,27 @@ async fn raw_body_upload_works_on_both_upload_paths(backend: Backend) {
                 .unwrap(),
             bytes
         );
+    }
+}
+
+/// Upload buffers are kept and handed to later uploads (`progimage::buffers`): a
+/// smaller upload after a larger one lands in the larger one's memory, and must store
+/// its own bytes and nothing of the earlier ones.
+async fn uploads_in_reused_buffers_store_exactly_their_own_bytes(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    for (width, height) in [(400, 400), (300, 300), (320, 300), (500, 420)] {
+        let bytes = noise_png(width, height);
+        assert!(bytes.len() > 256 * 1024, "large enough to be pooled");
+        let response = server.post_raw("/", "image/png", bytes.clone()).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let id = sha1_hex(&bytes);
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap()["id"],
+            id
+        );
+        assert_eq!(server.read_object(&blob_key(&id)).await.unwrap(), bytes);
+        let original = server.get_bytes(&format!("/images/{id}/")).await;
+        assert_eq!(original, bytes, "{width}x{height}");
     }
 }
 

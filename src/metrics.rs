@@ -54,6 +54,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabel, Counter>,
     bytes_received: Counter,
     bytes_sent: Counter,
+    connections_moved: Counter,
     in_flight: Gauge,
     hot_cache: Gauge,
 }
@@ -73,6 +74,7 @@ impl Default for Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let bytes_received = Counter::default();
         let bytes_sent = Counter::default();
+        let connections_moved = Counter::default();
         let in_flight = Gauge::default();
         let hot_cache = Gauge::default();
         registry.register(
@@ -111,6 +113,12 @@ impl Default for Metrics {
             bytes_sent.clone(),
         );
         registry.register(
+            "http_connections_moved",
+            "Connections asked to reconnect (Connection: close) because their packets \
+             now arrive on another core's serving thread",
+            connections_moved.clone(),
+        );
+        registry.register(
             "http_requests_in_flight",
             "Requests being handled now",
             in_flight.clone(),
@@ -129,6 +137,7 @@ impl Default for Metrics {
             rejected,
             bytes_received,
             bytes_sent,
+            connections_moved,
             in_flight,
             hot_cache,
         }
@@ -172,6 +181,11 @@ impl Metrics {
 
     pub fn sent(&self, bytes: u64) {
         self.bytes_sent.inc_by(bytes);
+    }
+
+    /// A connection asked to reconnect on the core its packets now arrive on.
+    pub fn connection_moved(&self) {
+        self.connections_moved.inc();
     }
 
     /// Marks a request as in flight until the guard drops.

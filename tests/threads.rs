@@ -183,4 +183,13 @@ fn a_connection_whose_client_moves_core_is_asked_to_reconnect_there() {
     })
     .join()
     .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let metrics = runtime.block_on(async {
+        let response = reqwest::get(instance.url("/metrics")).await.unwrap();
+        response.text().await.unwrap()
+    });
+    assert!(
+        metrics.contains("\nprogimage_http_connections_moved_total 1\n"),
+        "{metrics}"
+    );
 }

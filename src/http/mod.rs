@@ -638,6 +638,7 @@ pub async fn serve_on(
                         let mut response = app.handle(request).await;
                         if reconnect {
                             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                            app.service.metrics().connection_moved();
                         }
                         Ok::<_, Infallible>(response)
                     }

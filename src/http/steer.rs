@@ -3,9 +3,8 @@
 //! `progimage serve` runs one single-threaded runtime per core, each on a thread
 //! pinned to its core, and a connection stays on the runtime it is given until its
 //! client moves (see `Placed`). It is given to the runtime of the core its packets
-//! arrive on (`SO_INCOMING_CPU`: where the
-//! network card's receive queue is handled, or on loopback where the client sent
-//! from), as receive flow steering does: the kernel's receive work, the wake-up and
+//! arrive on (`SO_INCOMING_CPU`: where the network card's receive queue is handled,
+//! or on loopback where the client sent from), as receive flow steering does: the kernel's receive work, the wake-up and
 //! our handling then happen on one core, with no wake-up sent to another core.
 //! Cached reads at 16 connections on two cores: 70-84k a second steered and pinned,
 //! 50-55k handed out in turn, 57-85k steered but unpinned (DECISIONS, "One runtime
@@ -101,8 +100,9 @@ struct Shared {
 /// where the connection's packets arrive: a client thread the scheduler moves to
 /// another core takes its connections' packets with it, and a connection placed by
 /// where it arrived is then served from the other core, each request waking a thread
-/// there. Asked after each request, it says when the connection should close so that
-/// the client reconnects, and lands, where it now is.
+/// there. Told of each request as it arrives, it says when the connection should
+/// close after answering it, so that the client reconnects, and lands, where it now
+/// is.
 pub(super) struct Placed {
     shared: Arc<Shared>,
     pub index: usize,

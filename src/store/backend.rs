@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 /// An opened backend and how large objects are written to it.
 pub struct Backend {
     pub objects: Arc<dyn ObjectStore>,
+    /// The same objects, written so that a completed put survives a power cut: the
+    /// filesystem backend syncs the file and its directory before answering; object
+    /// stores are durable when they acknowledge, so there it is `objects` again.
+    pub durable: Arc<dyn ObjectStore>,
     /// Objects above this many bytes are written with a multipart upload.
     pub multipart_threshold: u64,
     pub multipart_part: usize,
@@ -26,7 +30,8 @@ impl Backend {
     /// if missing), `s3://bucket/optional/prefix`, or `memory://`.
     pub fn open(url: &str, s3: &S3Settings) -> Result<Self> {
         if url == "memory://" || url == "memory:" {
-            return Ok(Self::whole_puts(Arc::new(InMemory::new())));
+            let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            return Ok(Self::whole_puts(Arc::clone(&memory), memory));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             return open_s3(rest, s3);
@@ -43,17 +48,23 @@ impl Backend {
         std::fs::create_dir_all(dir).map_err(|err| {
             Error::bad_request("store_unusable", format!("cannot create {dir}: {err}"))
         })?;
-        let local = LocalFileSystem::new_with_prefix(dir).map_err(|err| {
-            Error::bad_request("store_unusable", format!("cannot open {dir}: {err}"))
-        })?;
-        Ok(Self::whole_puts(Arc::new(local)))
+        let local = || {
+            LocalFileSystem::new_with_prefix(dir).map_err(|err| {
+                Error::bad_request("store_unusable", format!("cannot open {dir}: {err}"))
+            })
+        };
+        Ok(Self::whole_puts(
+            Arc::new(local()?),
+            Arc::new(local()?.with_fsync(true)),
+        ))
     }
 
     /// A backend written with single puts: a local file is staged and renamed whatever
     /// its size, so parts would only add round trips.
-    fn whole_puts(objects: Arc<dyn ObjectStore>) -> Self {
+    fn whole_puts(objects: Arc<dyn ObjectStore>, durable: Arc<dyn ObjectStore>) -> Self {
         Self {
             objects,
+            durable,
             multipart_threshold: u64::MAX,
             multipart_part: usize::MAX,
         }
@@ -127,6 +138,7 @@ fn open_s3(bucket_and_prefix: &str, settings: &S3Settings) -> Result<Backend> {
         Arc::new(PrefixStore::new(s3, prefix))
     };
     Ok(Backend {
+        durable: Arc::clone(&objects),
         objects,
         multipart_threshold: settings.multipart_threshold_bytes,
         multipart_part: usize::try_from(settings.multipart_part_bytes).unwrap_or(usize::MAX),

@@ -18,7 +18,8 @@
 //! them in one step (a temp file then a link on the filesystem, one PUT on S3), so a
 //! reader never sees a half-written object and two writers never clobber each other.
 //! Since a blob and its derived objects are pure functions of the id, "already exists"
-//! is success.
+//! is success. Originals and sidecars are also written durably (see
+//! [`Store::is_durable`]).
 
 mod backend;
 mod lease;
@@ -118,6 +119,8 @@ pub struct Listed {
 #[derive(Debug, Clone)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
+    /// For originals and sidecars (see [`Store::is_durable`]).
+    durable: Arc<dyn ObjectStore>,
     multipart_threshold: u64,
     multipart_part: usize,
 }
@@ -129,6 +132,7 @@ impl Store {
         let backend = backend::Backend::open(url, s3)?;
         Ok(Self {
             objects: backend.objects,
+            durable: backend.durable,
             multipart_threshold: backend.multipart_threshold,
             multipart_part: backend.multipart_part,
         })
@@ -172,7 +176,7 @@ impl Store {
             ..PutOptions::default()
         };
         let payload: PutPayload = slices(&bytes, WRITE_SLICE).collect();
-        match self.objects.put_opts(path, payload, options).await {
+        match self.writer(path).put_opts(path, payload, options).await {
             Ok(_) => Ok(Put::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyThere),
             Err(err) => Err(err.into()),
@@ -182,7 +186,7 @@ impl Store {
     /// A multipart upload of slices of `bytes` (no copies); nothing is visible at
     /// `path` until the last part is in, and a failed upload is aborted.
     async fn put_in_parts(&self, path: &Path, bytes: Bytes) -> Result<()> {
-        let upload = self.objects.put_multipart(path).await?;
+        let upload = self.writer(path).put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.multipart_part);
         for part in slices(&bytes, self.multipart_part) {
             writer.put(part);
@@ -193,6 +197,28 @@ impl Store {
         }
         writer.finish().await?;
         Ok(())
+    }
+
+    /// Whether the object at `path` is written durably: originals (`<h0>/<h1>/<id>`)
+    /// and sidecars (`<id>.meta`) are the store's truth, and an upload acknowledged
+    /// with 201 must survive a power cut. Transforms can be computed again and leases
+    /// expire, so they skip the syncs (on the filesystem backend a sync of the file
+    /// and of its directory, milliseconds on a disk).
+    pub fn is_durable(path: &Path) -> bool {
+        let key = path.as_ref();
+        let name = path.filename().unwrap_or_default();
+        let is_lease = key
+            .strip_prefix(LEASES)
+            .is_some_and(|rest| rest.starts_with('/'));
+        !is_lease && (!name.contains('.') || name.ends_with(".meta"))
+    }
+
+    /// The backend handle that writes `path` (see [`Store::is_durable`]).
+    fn writer(&self, path: &Path) -> &Arc<dyn ObjectStore> {
+        match Self::is_durable(path) {
+            true => &self.durable,
+            false => &self.objects,
+        }
     }
 
     /// Every object under `prefix` (everything when `None`), in no particular order.
@@ -429,5 +455,19 @@ mod tests {
             Put::Created
         );
         assert_eq!(std::fs::read(dir.path().join("a/b/whole")).unwrap(), bytes);
+    }
+
+    #[test]
+    fn originals_and_sidecars_are_durable_transforms_and_leases_are_not() {
+        let id = ImageId::from_digest(&[0xab; 20]);
+        let derived = Store::derived_path(&id, "e3.thumbnail-w300.jpg");
+        assert!(Store::is_durable(&Store::blob_path(&id)));
+        assert!(Store::is_durable(&Store::sidecar_path(&id)));
+        assert!(!Store::is_durable(&derived));
+        assert!(!Store::is_durable(&Store::lease_path(&derived)));
+        // The lock around a sidecar's compare-and-swap is a lease too.
+        assert!(!Store::is_durable(&Store::lease_path(
+            &Store::sidecar_path(&id)
+        )));
     }
 }

@@ -146,7 +146,7 @@ impl Store {
             ..PutOptions::default()
         };
         match self
-            .objects
+            .durable
             .put_opts(&path, new.to_json().into(), options)
             .await
         {
@@ -184,7 +184,7 @@ impl Store {
         }
         let swapped = match self.read(&path).await {
             Ok(Some(stored)) if etag_of(&stored) == etag => self
-                .objects
+                .durable
                 .put(&path, new.to_json().into())
                 .await
                 .map(|_| true)

@@ -57,8 +57,7 @@ impl BufferPool {
         }
         buffer.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = idle.iter().map(Vec::capacity).sum();
-        if held + buffer.capacity() <= self.max_idle_bytes {
+        if capacity_of(&idle) + buffer.capacity() <= self.max_idle_bytes {
             idle.push(buffer);
         }
     }
@@ -73,10 +72,14 @@ impl BufferPool {
     }
 
     /// Bytes held by idle buffers.
-    pub fn idle_bytes(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.iter().map(Vec::capacity).sum()
+    #[cfg(test)]
+    fn idle_bytes(&self) -> usize {
+        capacity_of(&self.idle.lock().unwrap())
     }
+}
+
+fn capacity_of(buffers: &[Vec<u8>]) -> usize {
+    buffers.iter().map(Vec::capacity).sum()
 }
 
 /// A pooled buffer behind a `Bytes`, given back on drop.

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::instance::Instance;
 use common::*;
 use futures::future::join_all;
 
@@ -241,39 +242,15 @@ async fn json_logs_have_one_line_per_request_with_its_id() {
 #[tokio::test]
 async fn request_lines_follow_rust_log_like_any_info_line_of_the_http_module() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_progimage"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info,progimage::http=warn")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, received) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let started = received.recv_timeout(Duration::from_secs(30)).unwrap();
-    let address = started
-        .split("listen=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let response = reqwest::get(format!("http://{address}/healthz"))
-        .await
-        .unwrap();
+    let env = [("RUST_LOG", "info,progimage::http=warn".to_string())];
+    let mut instance = Instance::spawn(dir.path().to_str().unwrap(), &env);
+    let response = reqwest::get(instance.url("/healthz")).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    child.wait().unwrap();
+    instance.signal(libc::SIGTERM);
+    assert!(instance.wait(Duration::from_secs(30)).is_some());
     // Everything written before the exit: the shutdown lines (module `progimage`) but
     // no request line.
-    let rest: Vec<String> = received.iter().collect();
+    let rest = instance.log_lines();
     assert!(
         rest.iter().any(|line| line.contains("shutting down")),
         "{rest:?}"

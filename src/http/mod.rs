@@ -628,12 +628,15 @@ pub async fn serve_on(
                     }
                 };
                 let app = Arc::clone(&app);
-                let placed = Arc::new(steering.place(&stream));
-                let watched = Arc::clone(&placed);
+                // Counted on its runtime until the connection, which owns the service
+                // and with it `placed`, ends.
+                let placed = steering.place(&stream);
+                // Index 0 is the current runtime.
+                let runtime = placed.index.checked_sub(1).map(|other| &others[other]);
                 let service = service_fn(move |request: Request<Incoming>| {
                     let app = Arc::clone(&app);
                     // HTTP/2 has no per-response close; its connections stay put.
-                    let reconnect = request.version() == Version::HTTP_11 && watched.served_one();
+                    let reconnect = request.version() == Version::HTTP_11 && placed.served_one();
                     async move {
                         let mut response = app.handle(request).await;
                         if reconnect {
@@ -644,8 +647,6 @@ pub async fn serve_on(
                     }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
-                // Index 0 is the current runtime.
-                let runtime = placed.index.checked_sub(1).map(|other| &others[other]);
                 // The connection is built on the runtime that will poll it, so that its
                 // socket and timers register with that runtime's drivers.
                 let serve_connection = move |stream: tokio::net::TcpStream| async move {
@@ -654,7 +655,7 @@ pub async fn serve_on(
                     if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
-                    drop((slot, placed));
+                    drop(slot);
                 };
                 match runtime {
                     None => drop(tokio::spawn(serve_connection(stream))),

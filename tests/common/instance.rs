@@ -10,16 +10,19 @@ use std::time::Duration;
 pub struct Instance {
     pub base: String,
     child: Child,
+    /// Every log line after the first, as the process writes them.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Instance {
-    /// Starts `progimage serve --store <store>` with extra environment variables.
+    /// Starts `progimage serve --store <store>` with extra environment variables
+    /// (which may replace the default `RUST_LOG=info`).
     pub fn spawn(store: &str, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_progimage"))
             .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -30,20 +33,34 @@ impl Instance {
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listen=").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = sender.send(addr);
-                }
                 eprintln!("[instance] {line}");
+                let _ = sender.send(line);
             }
         });
         let addr = receiver
             .recv_timeout(Duration::from_secs(30))
-            .expect("progimage logs its address");
+            .ok()
+            .and_then(|line| {
+                Some(
+                    line.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            })
+            .expect("progimage logs its address first");
         Self {
             base: format!("http://{addr}"),
             child,
+            lines: receiver,
         }
+    }
+
+    /// The log lines written since the first, up to the process's exit (call after
+    /// `wait`; blocks until its stderr closes).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.iter().collect()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -708,15 +708,17 @@ impl Service {
     }
 
     /// Computes and stores one derived object, unless another instance is computing it,
-    /// in which case its result is awaited. Checks the store once more first: the
-    /// previous flight for this key may have finished since our lookup missed.
+    /// in which case its result is awaited. Checks the hot cache once more first: the
+    /// previous flight for this key may have finished since our lookup missed (one
+    /// whose result is too large for the hot cache is found by the look at the store
+    /// after the lease, which is there for other instances' results anyway).
     async fn compute(
         &self,
         id: &ImageId,
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
-        if let Some(bytes) = self.store.read(path).await? {
+        if let Some(bytes) = self.hot.result(path) {
             return Ok((bytes, CacheStatus::Hit));
         }
         let lease = Store::lease_path(path);

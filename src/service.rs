@@ -368,8 +368,8 @@ impl Service {
                 .unwrap_or_else(|| format!("{}.{}", upload.id, probe.format)),
             content_type: Some(probe.format.content_type().to_string()),
             format: Some(probe.format.name().to_string()),
-            width: Some(probe.width),
-            height: Some(probe.height),
+            width: Some(probe.upright.0),
+            height: Some(probe.upright.1),
             bytes: Some(upload.bytes.len() as u64),
             name: upload.name,
             desc: upload.desc,
@@ -460,8 +460,8 @@ impl Service {
             file_name: format!("{id}.{}", probe.format),
             content_type: Some(probe.format.content_type().to_string()),
             format: Some(probe.format.name().to_string()),
-            width: Some(probe.width),
-            height: Some(probe.height),
+            width: Some(probe.upright.0),
+            height: Some(probe.upright.1),
             bytes: Some(size),
             ..Sidecar::default()
         })

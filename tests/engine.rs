@@ -422,6 +422,14 @@ async fn exif_orientations_one_to_eight_come_out_upright(backend: Backend) {
                 "webp" => webp_with_orientation(&stored, orientation, false),
                 _ => webp_with_orientation(&stored, orientation, true),
             };
+            // Stored, its sidecar lists the size as shown, as every transform sees it.
+            let id = upload(&server, &bytes).await;
+            let meta: serde_json::Value = server.get_json(&format!("/images/{id}/meta/")).await;
+            assert_eq!(
+                (meta["width"].as_u64(), meta["height"].as_u64()),
+                (Some(40), Some(20)),
+                "{format} orientation {orientation}"
+            );
             let response = server
                 .post_raw("/on_demand/convert/?format=png", "image/x", bytes)
                 .await;
@@ -682,6 +690,11 @@ async fn avif_uploads_are_read_upright_by_builds_with_libavif(backend: Backend) 
         let id = upload(&server, &fixture(name)).await;
         let meta: serde_json::Value = server.get_json(&format!("/images/{id}/meta/")).await;
         assert_eq!(meta["format"], "avif", "{name}");
+        assert_eq!(
+            (meta["width"].as_u64(), meta["height"].as_u64()),
+            (Some(40), Some(20)),
+            "{name}: the size as shown"
+        );
         let image = server
             .get_image(&format!("/images/{id}/convert/?format=png"))
             .await;

@@ -132,6 +132,11 @@ pub fn header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
     Ok((container.width, container.height))
 }
 
+/// The size once turned upright by the container's `irot`.
+pub fn upright_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+    Ok(Container::open(bytes, u64::MAX)?.upright())
+}
+
 /// Decodes the first frame, turned upright and in sRGB.
 pub fn decode(
     bytes: &[u8],

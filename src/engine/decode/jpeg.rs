@@ -33,11 +33,7 @@ fn decode_unguarded(
     let mut adobe = false;
     for marker in decompress.markers() {
         match marker.marker {
-            Marker::APP(1) => {
-                if let Some(exif) = marker.data.strip_prefix(b"Exif\0\0") {
-                    orientation = Orientation::from_exif_chunk(exif).unwrap_or(orientation);
-                }
-            }
+            Marker::APP(1) => orientation = exif_orientation(marker.data).unwrap_or(orientation),
             Marker::APP(2) => {
                 if let Some(chunk) = marker.data.strip_prefix(b"ICC_PROFILE\0") {
                     if chunk.len() > 2 {
@@ -111,6 +107,29 @@ fn decode_unguarded(
     }
     image.apply_orientation(orientation);
     Ok(image)
+}
+
+/// The orientation an APP1 segment's EXIF block gives, if it is one.
+fn exif_orientation(app1: &[u8]) -> Option<Orientation> {
+    Orientation::from_exif_chunk(app1.strip_prefix(b"Exif\0\0")?)
+}
+
+/// The EXIF orientation the decode applies (none if the header or the block cannot be
+/// read: the decode then shows the image as stored, or refuses it).
+pub fn orientation(bytes: &[u8]) -> Orientation {
+    let read = std::panic::catch_unwind(|| {
+        let header = Decompress::builder()
+            .with_markers(&[Marker::APP(1)])
+            .from_mem(bytes)
+            .ok()?;
+        header
+            .markers()
+            .filter(|marker| marker.marker == Marker::APP(1))
+            .fold(None, |found, marker| {
+                exif_orientation(marker.data).or(found)
+            })
+    });
+    read.ok().flatten().unwrap_or(Orientation::NoTransforms)
 }
 
 /// The size the header declares, read by libjpeg straight from `bytes`; libjpeg's

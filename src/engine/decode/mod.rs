@@ -85,6 +85,23 @@ pub fn avif_header_size(bytes: &[u8]) -> std::result::Result<(u32, u32), String>
     avif::header_size(bytes)
 }
 
+/// The size of a still image as shown, and as every transform sees it: the stored
+/// size turned by the orientation the decode applies (EXIF in JPEG's APP1, in WebP,
+/// PNG and TIFF; AVIF's `irot`). A broken EXIF block counts as none, as it does there.
+pub fn upright_size(format: Format, bytes: &[u8], stored: (u32, u32)) -> (u32, u32) {
+    let orientation = match format {
+        Format::Jpeg => jpeg::orientation(bytes),
+        #[cfg(libavif)]
+        Format::Avif => return avif::upright_size(bytes).unwrap_or(stored),
+        _ => image::ImageReader::with_format(Cursor::new(bytes), format.to_image_format())
+            .into_decoder()
+            .map_or(Orientation::NoTransforms, |mut decoder| {
+                orientation_of(decoder.exif_metadata().ok().flatten())
+            }),
+    };
+    upright(stored, orientation)
+}
+
 /// Decodes a probed image and turns it upright. `plan` receives the upright size and
 /// returns the smallest size the pipeline needs (`None`: full size), or an error.
 pub fn decode(

@@ -27,7 +27,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::budget::{MemoryBudget, Reservation, Waiting};
 use crate::buffers::BufferPool;
 use crate::config::Settings;
-use crate::engine::{Engine, Format, Presets, Rendered, TransformSpec};
+use crate::engine::{Engine, Format, Presets, Probe, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hot::HotCache;
 use crate::metrics::Metrics;
@@ -349,9 +349,7 @@ impl Service {
     /// Stores an upload. Returns its sidecar and whether the blob is new (`false`
     /// when the same bytes were stored before: nothing is written twice).
     pub async fn upload(&self, upload: Upload) -> Result<(Sidecar, bool)> {
-        let bytes = upload.bytes.clone();
-        let engine = self.engine.clone();
-        let probe = run_blocking(move || engine.probe(&bytes)).await?;
+        let (probe, upright) = self.describe(upload.bytes.clone()).await?;
         let blob = Store::blob_path(&upload.id);
         let created = match self.store.size(&blob).await? {
             Some(_) => false,
@@ -368,8 +366,8 @@ impl Service {
                 .unwrap_or_else(|| format!("{}.{}", upload.id, probe.format)),
             content_type: Some(probe.format.content_type().to_string()),
             format: Some(probe.format.name().to_string()),
-            width: Some(probe.upright.0),
-            height: Some(probe.upright.1),
+            width: Some(upright.0),
+            height: Some(upright.1),
             bytes: Some(upload.bytes.len() as u64),
             name: upload.name,
             desc: upload.desc,
@@ -449,19 +447,29 @@ impl Service {
         )))
     }
 
+    /// Probes an image on the blocking pool, with the size it shows (sidecars record
+    /// that one).
+    async fn describe(&self, bytes: Bytes) -> Result<(Probe, (u32, u32))> {
+        let engine = self.engine.clone();
+        run_blocking(move || {
+            let probe = engine.probe(&bytes)?;
+            Ok((probe, engine.upright_size(&probe, &bytes)))
+        })
+        .await
+    }
+
     /// What a blob without a sidecar is described by: its header, probed on the
     /// blocking pool. 404 when there is no blob either.
     async fn sidecar_from_blob(&self, id: &ImageId) -> Result<Sidecar> {
         let bytes = self.read_blob(id).await?;
-        let engine = self.engine.clone();
         let size = bytes.len() as u64;
-        let probe = run_blocking(move || engine.probe(&bytes)).await?;
+        let (probe, upright) = self.describe(bytes).await?;
         Ok(Sidecar {
             file_name: format!("{id}.{}", probe.format),
             content_type: Some(probe.format.content_type().to_string()),
             format: Some(probe.format.name().to_string()),
-            width: Some(probe.upright.0),
-            height: Some(probe.upright.1),
+            width: Some(upright.0),
+            height: Some(upright.1),
             bytes: Some(size),
             ..Sidecar::default()
         })

@@ -276,6 +276,13 @@ impl Engine {
         pixels * 8 + coefficients + encoder
     }
 
+    /// The size a probed image shows, turned by its orientation: what every transform
+    /// sees and what a sidecar records (see `decode::upright_size`). Not part of the
+    /// probe, which every render runs: only describing an image needs it.
+    pub fn upright_size(&self, probe: &Probe, bytes: &[u8]) -> (u32, u32) {
+        decode::upright_size(probe.format, bytes, (probe.width, probe.height))
+    }
+
     /// Identifies and checks an image from its header (see `engine::probe::probe`).
     pub fn probe(&self, bytes: &[u8]) -> Result<Probe> {
         probe::probe(bytes, &self.limits)

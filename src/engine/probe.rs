@@ -21,9 +21,6 @@ pub struct Probe {
     /// The size as stored, which limits and decoders work in.
     pub width: u32,
     pub height: u32,
-    /// The size as shown, turned by the EXIF orientation (or AVIF's `irot`): what
-    /// every transform sees, and what the sidecar records.
-    pub upright: (u32, u32),
 }
 
 /// Identifies and checks an image without decoding its pixels.
@@ -59,7 +56,6 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
         format,
         width,
         height,
-        upright: decode::upright_size(format, bytes, (width, height)),
     })
 }
 

@@ -4,8 +4,9 @@
 //! pinned to its core, and a connection stays on the runtime it is given until its
 //! client moves (see `Placed`). It is given to the runtime of the core its packets
 //! arrive on (`SO_INCOMING_CPU`: where the network card's receive queue is handled,
-//! or on loopback where the client sent from), as receive flow steering does: the kernel's receive work, the wake-up and
-//! our handling then happen on one core, with no wake-up sent to another core.
+//! or on loopback where the client sent from), as receive flow steering does: the
+//! kernel's receive work, the wake-up and our handling then happen on one core, with
+//! no wake-up sent to another core.
 //! Cached reads at 16 connections on two cores: 70-84k a second steered and pinned,
 //! 50-55k handed out in turn, 57-85k steered but unpinned (DECISIONS, "One runtime
 //! per core"; measured before the request line was formatted by hand, which took the

@@ -572,12 +572,16 @@ impl Codes {
     }
 
     /// Fills a lookup table of `bits` bits: every entry whose prefix is a code of at
-    /// most `bits` bits gets `entry(length, symbol)` (0 leaves the entry a miss).
-    fn lookup(&self, bits: u32, entry: impl Fn(u32, u8) -> u16) -> Vec<u16> {
-        let mut table = vec![0; 1 << bits];
+    /// most `bits` bits gets `entry(length, symbol, index)`, `index` being the entry's
+    /// own `bits` bits, so that the bits after the code can be read from it (0 leaves
+    /// the entry a miss).
+    fn lookup<T: Copy + Default>(&self, bits: u32, entry: impl Fn(u32, u8, u32) -> T) -> Vec<T> {
+        let mut table = vec![T::default(); 1 << bits];
         for &(code, length, symbol) in self.listed.iter().filter(|c| c.1 <= bits) {
-            let first = (code << (bits - length)) as usize;
-            table[first..first + (1 << (bits - length))].fill(entry(length, symbol));
+            let first = code << (bits - length);
+            for index in first..first + (1 << (bits - length)) {
+                table[index as usize] = entry(length, symbol, index);
+            }
         }
         table
     }
@@ -598,21 +602,18 @@ const DC_COMPLETE: u32 = 1 << 5;
 
 impl DcTable {
     pub(super) fn new(codes: &Codes) -> DcTable {
-        let mut lookup = vec![0; 1 << DC_LOOKUP_BITS];
-        for &(code, length, size) in codes.listed.iter().filter(|c| c.1 <= DC_LOOKUP_BITS) {
+        // A DC code's symbol is the size of the difference that follows it.
+        let lookup = codes.lookup(DC_LOOKUP_BITS, |length, size, index| {
             let size = u32::from(size);
-            let first = code << (DC_LOOKUP_BITS - length);
-            for index in first..first + (1 << (DC_LOOKUP_BITS - length)) {
-                lookup[index as usize] = match length + size <= DC_LOOKUP_BITS {
-                    true => {
-                        let extra = index >> (DC_LOOKUP_BITS - length - size) & ((1 << size) - 1);
-                        let difference = extend(extra as i32, size) as i16;
-                        (length + size) | DC_COMPLETE | u32::from(difference as u16) << 16
-                    }
-                    false => length | size << 8,
-                };
+            match length + size <= DC_LOOKUP_BITS {
+                true => {
+                    let extra = index >> (DC_LOOKUP_BITS - length - size) & ((1 << size) - 1);
+                    let difference = extend(extra as i32, size) as i16;
+                    (length + size) | DC_COMPLETE | u32::from(difference as u16) << 16
+                }
+                false => length | size << 8,
             }
-        }
+        });
         DcTable {
             lookup,
             codes: codes.clone(),
@@ -638,7 +639,7 @@ struct AcTable {
 
 impl AcTable {
     fn new(codes: &Codes) -> AcTable {
-        let symbols = codes.lookup(AC_LOOKUP_BITS, |length, symbol| {
+        let symbols = codes.lookup(AC_LOOKUP_BITS, |length, symbol, _| {
             let total = length + u32::from(symbol & 15);
             (total | ac_step(symbol) << 5 | length << 12) as u16
         });

@@ -194,7 +194,11 @@ class Progimage(Server):
 
     def __exit__(self, *exc):
         super().__exit__(*exc)
-        shutil.rmtree(self.store, ignore_errors=True)
+        # The store stays until the run ends (with the work directory) unless the row
+        # removes it: on ext4 without a journal, as on these machines, creating a file
+        # within 30 s of many deletions scans past every recently deleted inode
+        # (`recently_deleted` in the kernel's ialloc.c), so the next row would pay for
+        # this row's clean-up: 8% of the server's CPU an uncached thumbnail, profiled.
 
     def upload(self, path):
         status, _, body = fetch(self.base + "/", open(path, "rb").read(), "application/octet-stream")
@@ -379,6 +383,7 @@ def uploads(args, workdir, files):
         with Progimage(workdir, args.binary) as server:
             server.upload(files[0])
             row = measure(server, connections, args.duration, "upload", *files)
+        shutil.rmtree(server.store)  # gigabytes; the pauses below outlast the 30 s
         row["cpu_ms_per_mb"] = row["cpu_s"] * 1000 / (row["bytes_sent"] / 1e6)
         settle()
         row["baseline_ms_per_mb"] = hash_and_copy_cpu_ms_per_mb(workdir, files, row["requests"])

@@ -31,6 +31,9 @@ pub struct Settings {
     /// Seconds a transform lease lives: while one instance computes a transform, the
     /// others wait for its result this long at most (a crashed holder blocks no one longer).
     pub transform_lease_secs: u64,
+    /// Milliseconds a cache miss computes before it takes a lease: renders quicker than
+    /// this never write one. 0: every miss takes its lease before computing.
+    pub transform_lease_after_ms: u64,
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
     /// Bytes of recently served transform results kept in memory (see [`crate::hot`]);
@@ -182,6 +185,7 @@ impl Default for Settings {
             public_url: String::new(),
             transform_workers: 0,
             transform_lease_secs: 60,
+            transform_lease_after_ms: 100,
             shutdown_grace_secs: 30,
             hot_cache_bytes: 64 * 1024 * 1024,
             limits: Limits::default(),

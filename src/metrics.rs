@@ -55,6 +55,7 @@ pub struct Metrics {
     bytes_received: Counter,
     bytes_sent: Counter,
     connections_moved: Counter,
+    leases_taken: Counter,
     in_flight: Gauge,
     hot_cache: Gauge,
 }
@@ -75,6 +76,7 @@ impl Default for Metrics {
         let bytes_received = Counter::default();
         let bytes_sent = Counter::default();
         let connections_moved = Counter::default();
+        let leases_taken = Counter::default();
         let in_flight = Gauge::default();
         let hot_cache = Gauge::default();
         registry.register(
@@ -119,6 +121,12 @@ impl Default for Metrics {
             connections_moved.clone(),
         );
         registry.register(
+            "transform_leases",
+            "Cache misses that took a lease, so that other instances wait for their \
+             result: those computing longer than transform_lease_after_ms",
+            leases_taken.clone(),
+        );
+        registry.register(
             "http_requests_in_flight",
             "Requests being handled now",
             in_flight.clone(),
@@ -138,6 +146,7 @@ impl Default for Metrics {
             bytes_received,
             bytes_sent,
             connections_moved,
+            leases_taken,
             in_flight,
             hot_cache,
         }
@@ -186,6 +195,11 @@ impl Metrics {
     /// A connection asked to reconnect on the core its packets now arrive on.
     pub fn connection_moved(&self) {
         self.connections_moved.inc();
+    }
+
+    /// A cache miss took a transform lease.
+    pub fn lease_taken(&self) {
+        self.leases_taken.inc();
     }
 
     /// Marks a request as in flight until the guard drops.

@@ -271,6 +271,7 @@ pub struct Service {
     max_waiting: usize,
     in_flight: Mutex<HashMap<Path, Flight>>,
     lease_ttl: Duration,
+    lease_after: Duration,
     max_upload_bytes: u64,
     memory: Arc<MemoryBudget>,
     upload_buffers: Arc<BufferPool>,
@@ -290,6 +291,7 @@ impl Service {
             max_waiting: settings.limits.max_queued_transforms,
             in_flight: Mutex::new(HashMap::new()),
             lease_ttl: Duration::from_secs(settings.transform_lease_secs),
+            lease_after: Duration::from_millis(settings.transform_lease_after_ms),
             max_upload_bytes: settings.limits.max_upload_bytes,
             memory: Arc::new(MemoryBudget::new(
                 settings.limits.memory_budget_bytes,
@@ -715,11 +717,13 @@ impl Service {
         Ok((bytes, if led { status } else { CacheStatus::Coalesced }))
     }
 
-    /// Computes and stores one derived object, unless another instance is computing it,
-    /// in which case its result is awaited. Checks the hot cache once more first: the
-    /// previous flight for this key may have finished since our lookup missed (one
-    /// whose result is too large for the hot cache is found by the look at the store
-    /// after the lease, which is there for other instances' results anyway).
+    /// Computes and stores one derived object, unless another instance is computing it
+    /// under a lease, in which case its result is awaited. A computation takes the lease
+    /// itself once it has run for `lease_after` (at once when that is zero), so that
+    /// instances missing from then on wait for it; a quicker one never writes a lease.
+    /// Checks the hot cache once more first: the previous flight for this key may have
+    /// finished since our lookup missed (one whose result is too large for the hot
+    /// cache is found by the store reads below, there for other instances anyway).
     async fn compute(
         &self,
         id: &ImageId,
@@ -730,26 +734,72 @@ impl Service {
             return Ok((bytes, CacheStatus::Hit));
         }
         let lease = Store::lease_path(path);
+        if self.lease_after.is_zero() {
+            return self.compute_under_lease(id, spec, path, &lease).await;
+        }
+        while self.store.lease_expiry(&lease).await?.is_some() {
+            if let Some(bytes) = self.await_other_instance(path, &lease).await? {
+                return Ok((bytes, CacheStatus::Coalesced));
+            }
+        }
+        let work = self.render_and_store(id, spec, path);
+        tokio::pin!(work);
+        if let Ok(result) = tokio::time::timeout(self.lease_after, &mut work).await {
+            return result;
+        }
+        // Whoever else holds it by now started after our look and computes too; the
+        // store keeps whichever result is written first, and the two are the same.
+        let held = match self.store.try_lease(&lease, self.lease_ttl).await {
+            Ok(taken) => taken == Lease::Acquired,
+            Err(err) => {
+                tracing::warn!(lease = %lease, error = %err, "could not take a lease; computing without");
+                false
+            }
+        };
+        if held {
+            self.metrics.lease_taken();
+        }
+        let result = work.await;
+        if held {
+            self.release(&lease).await;
+        }
+        result
+    }
+
+    /// Takes the lease before computing (`transform_lease_after_ms = 0`): of the
+    /// instances that miss at once, exactly one computes.
+    async fn compute_under_lease(
+        &self,
+        id: &ImageId,
+        spec: &Arc<TransformSpec>,
+        path: &Path,
+        lease: &Path,
+    ) -> Result<(Bytes, CacheStatus)> {
         loop {
-            match self.store.try_lease(&lease, self.lease_ttl).await? {
+            match self.store.try_lease(lease, self.lease_ttl).await? {
                 Lease::Acquired => break,
                 Lease::HeldUntil(_) | Lease::Free => {
-                    if let Some(bytes) = self.await_other_instance(path, &lease).await? {
+                    if let Some(bytes) = self.await_other_instance(path, lease).await? {
                         return Ok((bytes, CacheStatus::Coalesced));
                     }
                 }
             }
         }
+        self.metrics.lease_taken();
         let result = match self.store.read(path).await {
             // The holder before us finished between our last look and our lease.
             Ok(Some(bytes)) => Ok((bytes, CacheStatus::Coalesced)),
             Ok(None) => self.render_and_store(id, spec, path).await,
             Err(err) => Err(err),
         };
-        if let Err(err) = self.store.delete(&lease).await {
+        self.release(lease).await;
+        result
+    }
+
+    async fn release(&self, lease: &Path) {
+        if let Err(err) = self.store.delete(lease).await {
             tracing::warn!(lease = %lease, error = %err, "could not release a lease; it will expire");
         }
-        result
     }
 
     /// Polls the store for the object another instance is computing. `None` when its

@@ -1,6 +1,7 @@
 //! Several `progimage serve` processes on one store, as behind a load balancer: what
 //! one stores the other serves at once, duplicate uploads and transforms converge on
-//! one object, and a new transform is computed once however many ask for it.
+//! one object, a new transform is computed once however many ask for it when leases
+//! are taken first, and a long computation's lease makes the others wait for it.
 
 mod common;
 
@@ -8,12 +9,15 @@ use common::{
     assert_consistent, blob_key, derived_marker, noise_png, on_shared_stores, sha1_hex,
     stored_keys, Backend, SharedStore,
 };
+use std::time::Duration;
+
 use futures::future::join_all;
 
 on_shared_stores!(
     an_upload_through_one_is_served_by_the_other,
     concurrent_uploads_of_the_same_bytes_leave_one_blob_and_one_sidecar,
     a_new_transform_is_computed_once_across_instances,
+    a_long_computation_takes_a_lease_the_other_instance_waits_for,
 );
 
 async fn an_upload_through_one_is_served_by_the_other(backend: Backend) {
@@ -77,9 +81,15 @@ async fn concurrent_uploads_of_the_same_bytes_leave_one_blob_and_one_sidecar(bac
     assert_eq!(metas[0], metas[1]);
 }
 
+/// With `transform_lease_after_ms = 0`, every miss takes the lease before computing.
 async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
     let shared = SharedStore::new(backend);
-    let instances = [shared.spawn_instance(), shared.spawn_instance()];
+    let settings = tempfile::tempdir().unwrap();
+    let lease_first = "transform_lease_after_ms = 0\n";
+    let instances = [
+        shared.spawn_instance_with(&settings, lease_first),
+        shared.spawn_instance_with(&settings, lease_first),
+    ];
     let client = reqwest::Client::new();
     let bytes = noise_png(1200, 900);
     let id = instances[0]
@@ -135,6 +145,79 @@ async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
     assert_eq!((image.width(), image.height()), (700, 525));
     // One blob, its sidecar, one cached transform, and no lease left behind.
     assert_eq!(assert_consistent(&shared.store).await, vec![id]);
+}
+
+/// By default a miss takes its lease once it has computed for 100 ms: here 1 ms, and a
+/// transform that takes far longer. Once the lease is in the store, the other instance
+/// waits for that computation instead of starting its own.
+async fn a_long_computation_takes_a_lease_the_other_instance_waits_for(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let settings = tempfile::tempdir().unwrap();
+    let soon = "transform_lease_after_ms = 1\n";
+    let (a, b) = (
+        shared.spawn_instance_with(&settings, soon),
+        shared.spawn_instance_with(&settings, soon),
+    );
+    let client = reqwest::Client::new();
+    let id = a
+        .upload_png(&client, noise_png(2400, 1800))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Lanczos to 2300 px, sharpened, as a noise PNG: hundreds of milliseconds.
+    let path = format!("/images/{id}/resize(w=2300)/sharpen(sigma=2)/?format=png");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), a.url(&path));
+        async move { client.get(url).send().await.unwrap() }
+    });
+    let started = std::time::Instant::now();
+    let lease = loop {
+        let leases: Vec<String> = stored_keys(&shared.store)
+            .await
+            .into_iter()
+            .filter(|key| key.starts_with("leases/"))
+            .collect();
+        if let [lease] = leases.as_slice() {
+            break lease.clone();
+        }
+        assert!(
+            !first.is_finished() && started.elapsed() < Duration::from_secs(20),
+            "no lease appeared while the first instance computed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(lease.contains(&id), "{lease}");
+    let second = client.get(b.url(&path)).send().await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    // It waited for the lease holder's result, or found it stored if that came first.
+    let waited = second.headers()["x-cache"].to_str().unwrap().to_string();
+    assert!(waited == "COALESCED" || waited == "HIT", "{waited}");
+    assert_eq!(first.bytes().await.unwrap(), second.bytes().await.unwrap());
+    let metrics = client.get(a.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "progimage_transform_leases_total 1"),
+        "{metrics}"
+    );
+    // One cached transform, and the lease released.
+    assert_eq!(assert_consistent(&shared.store).await, vec![id]);
+    let derived = stored_keys(&shared.store)
+        .await
+        .into_iter()
+        .filter(|key| key.contains(&derived_marker()))
+        .count();
+    assert_eq!(derived, 1);
 }
 
 fn caches(responses: &[(String, bytes::Bytes)]) -> Vec<&str> {

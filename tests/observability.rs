@@ -59,7 +59,11 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_requests_cache_results_transforms_bytes_and_rejections() {
-    let server = TestServer::on(Backend::Memory).await;
+    // However slow this machine, the thumbnail below finishes before it takes a lease.
+    let server = TestServer::on_with(Backend::Memory, |settings| {
+        settings.transform_lease_after_ms = 10_000;
+    })
+    .await;
     let bytes = png(64, 48);
     let id = server.upload_id(&bytes).await;
     for _ in 0..2 {
@@ -94,6 +98,7 @@ async fn metrics_count_requests_cache_results_transforms_bytes_and_rejections() 
     );
     expect("progimage_cache_lookups_total{result=\"MISS\"}", 1.0);
     expect("progimage_cache_lookups_total{result=\"HIT\"}", 1.0);
+    expect("progimage_transform_leases_total", 0.0);
     expect(
         "progimage_transform_duration_seconds_count{transform=\"thumbnail\"}",
         1.0,

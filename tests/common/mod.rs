@@ -281,6 +281,15 @@ impl SharedStore {
     pub fn spawn_instance(&self) -> instance::Instance {
         instance::Instance::spawn(&self.url, &self.env)
     }
+
+    /// An instance started with a settings file holding `toml` (kept in `dir`).
+    pub fn spawn_instance_with(&self, dir: &TempDir, toml: &str) -> instance::Instance {
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut env = self.env.clone();
+        env.push(("PROGIMAGE_CONFIG", path.to_str().unwrap().to_string()));
+        instance::Instance::spawn(&self.url, &env)
+    }
 }
 
 /// Every object in `store`, by key, sorted.

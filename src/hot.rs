@@ -1,8 +1,8 @@
-//! The hot cache: recently served transform results and the formats of their sources,
-//! in memory, so that a popular thumbnail is answered without touching the store.
+//! The hot cache: recently served transform results and what their sources' sidecars
+//! say, in memory, so that a popular thumbnail is answered without touching the store.
 //!
 //! Everything it holds is immutable by construction: an image id is the hash of its
-//! bytes, so its format never changes, and a derived object is a pure function of the
+//! bytes, so its format, size and length never change, and a derived object is a pure function of the
 //! id and its cache key. Nothing can go stale except through a delete. A delete here
 //! forgets the id's format, and every transform request looks the format up first,
 //! so the store then answers 404. A delete on another instance sharing the store is
@@ -23,13 +23,23 @@ use quick_cache::Weighter;
 use crate::engine::Format;
 use crate::store::ImageId;
 
-/// Source formats remembered at most (each entry is a few dozen bytes).
-const FORMATS: usize = 65_536;
+/// Sources remembered at most (each entry is a few dozen bytes).
+const SOURCES: usize = 65_536;
 /// A guess at the typical result, to size the table: a thumbnail.
 const TYPICAL_RESULT: u64 = 16 * 1024;
 
+/// What a transform needs to know of its source before reading it: the format, for
+/// the cache key, and where the sidecar has them the size and length, for the memory
+/// it reserves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub format: Format,
+    pub size: Option<(u32, u32)>,
+    pub bytes: Option<u64>,
+}
+
 pub struct HotCache {
-    formats: Cache<ImageId, Format>,
+    sources: Cache<ImageId, Source>,
     results: Option<Cache<Path, Bytes, ByLength>>,
     largest: u64,
 }
@@ -44,7 +54,7 @@ impl Weighter<Path, Bytes> for ByLength {
 }
 
 impl HotCache {
-    /// A cache holding up to `bytes` of results; 0 keeps none (formats are still
+    /// A cache holding up to `bytes` of results; 0 keeps none (sources are still
     /// remembered: they cost next to nothing and save a sidecar read per request).
     pub fn new(bytes: u64) -> Self {
         let results = (bytes > 0).then(|| {
@@ -52,18 +62,18 @@ impl HotCache {
             Cache::with_weighter(items, bytes, ByLength)
         });
         Self {
-            formats: Cache::new(FORMATS),
+            sources: Cache::new(SOURCES),
             results,
             largest: bytes / 64,
         }
     }
 
-    pub fn format(&self, id: &ImageId) -> Option<Format> {
-        self.formats.get(id)
+    pub fn source(&self, id: &ImageId) -> Option<Source> {
+        self.sources.get(id)
     }
 
-    pub fn remember_format(&self, id: &ImageId, format: Format) {
-        self.formats.insert(id.clone(), format);
+    pub fn remember_source(&self, id: &ImageId, source: Source) {
+        self.sources.insert(id.clone(), source);
     }
 
     /// The stored result at `path`, if it was served lately.
@@ -89,9 +99,9 @@ impl HotCache {
         self.results.as_ref().map_or(0, |results| results.weight())
     }
 
-    /// Forgets a deleted image: its format, and with it the way to its results.
+    /// Forgets a deleted image: its source, and with it the way to its results.
     pub fn forget(&self, id: &ImageId) {
-        self.formats.remove(id);
+        self.sources.remove(id);
     }
 }
 
@@ -126,21 +136,29 @@ mod tests {
         assert!(held > 0 && held <= 65, "{held} results of 1000 bytes held");
     }
 
+    fn png() -> Source {
+        Source {
+            format: Format::Png,
+            size: Some((64, 48)),
+            bytes: Some(1234),
+        }
+    }
+
     #[test]
-    fn zero_bytes_keeps_no_results_but_remembers_formats() {
+    fn zero_bytes_keeps_no_results_but_remembers_sources() {
         let hot = HotCache::new(0);
         let path = Path::from("a/a/x");
         hot.remember_result(&path, &Bytes::from_static(b"x"));
         assert!(hot.result(&path).is_none());
-        hot.remember_format(&id('a'), Format::Png);
-        assert_eq!(hot.format(&id('a')), Some(Format::Png));
+        hot.remember_source(&id('a'), png());
+        assert_eq!(hot.source(&id('a')), Some(png()));
     }
 
     #[test]
-    fn forgetting_an_image_drops_its_format() {
+    fn forgetting_an_image_drops_its_source() {
         let hot = HotCache::new(1024);
-        hot.remember_format(&id('b'), Format::Jpeg);
+        hot.remember_source(&id('b'), png());
         hot.forget(&id('b'));
-        assert_eq!(hot.format(&id('b')), None);
+        assert_eq!(hot.source(&id('b')), None);
     }
 }

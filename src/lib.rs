@@ -35,11 +35,14 @@
 //! - `hugepages`: the global allocator (Linux): large buffers in 2 MiB pages.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`buffers`]: upload buffers kept for reuse, so uploads land in memory already mapped.
+//! - [`cores`]: affinity masks, for the pinned serving threads and the core each
+//!   transform job holds while it runs.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
 
 pub mod budget;
 pub mod buffers;
 pub mod config;
+pub mod cores;
 pub mod engine;
 pub mod error;
 pub mod fetch;

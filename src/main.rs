@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use progimage::config::Overrides;
+use progimage::cores::{CoreSlots, CpuSet};
 use progimage::engine::{Engine, Format, OutputFormat, Presets};
-use progimage::http::steer::CpuSet;
 use progimage::http::{serve_on, App};
 use progimage::service::Service;
 use progimage::store::Store;
@@ -205,7 +205,8 @@ fn run_serve(args: Serve) -> Result<(), String> {
     // One single-threaded runtime per core, pinned there, each serving the connections
     // that arrive on its core (see `progimage::http::steer`; DECISIONS, "One runtime per
     // core"). CPU work still goes to the blocking pools, whose threads may run on any
-    // core, behind the shared transform permits.
+    // core, behind the shared transform permits; a transform job holds a core of its
+    // own while it runs (`progimage::cores`).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let usable = CpuSet::current().ok();
     // Pinned only with a runtime for every usable core: under a CPU quota smaller than
@@ -252,6 +253,10 @@ fn run_serve(args: Serve) -> Result<(), String> {
             "progimage is serving"
         );
         let service = Service::new(&settings, store).map_err(|e| e.to_string())?;
+        let service = match usable.filter(|_| !cpus.is_empty()) {
+            Some(usable) => service.pin_jobs_to(CoreSlots::new(cpus.clone(), usable)),
+            None => service,
+        };
         let app = Arc::new(App::new(&settings, service).map_err(|e| e.to_string())?);
         serve_on(
             &other_runtimes,

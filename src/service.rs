@@ -27,9 +27,10 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::budget::{MemoryBudget, Reservation, Waiting};
 use crate::buffers::BufferPool;
 use crate::config::Settings;
+use crate::cores::CoreSlots;
 use crate::engine::{Engine, Format, Presets, Probe, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::hot::HotCache;
+use crate::hot::{HotCache, Source};
 use crate::metrics::Metrics;
 use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSidecar};
 
@@ -277,6 +278,9 @@ pub struct Service {
     upload_buffers: Arc<BufferPool>,
     metrics: Arc<Metrics>,
     hot: HotCache,
+    /// The cores transform jobs are pinned to while they run, if any: see
+    /// [`Service::pin_jobs_to`].
+    cores: Option<Arc<CoreSlots>>,
 }
 
 impl Service {
@@ -302,7 +306,16 @@ impl Service {
             )),
             metrics: Arc::new(Metrics::default()),
             hot: HotCache::new(settings.hot_cache_bytes),
+            cores: None,
         })
+    }
+
+    /// Runs each transform job pinned to a core no other job has, while there is one
+    /// (see [`crate::cores`]): jobs left to the scheduler often shared a core while
+    /// the other idled.
+    pub fn pin_jobs_to(mut self, cores: CoreSlots) -> Self {
+        self.cores = Some(Arc::new(cores));
+        self
     }
 
     /// The metrics in their text form, with the gauges read now.
@@ -593,7 +606,7 @@ impl Service {
             Some(sidecar) => mime_guess::from_path(&sidecar.file_name)
                 .first_or_octet_stream()
                 .to_string(),
-            None => self.source_format(id).await?.content_type().to_string(),
+            None => self.source(id).await?.format.content_type().to_string(),
         };
         Ok(Fetched {
             content_type,
@@ -610,7 +623,8 @@ impl Service {
         spec: &Arc<TransformSpec>,
         range: Option<ByteRange>,
     ) -> Result<Fetched> {
-        let key = spec.key(self.source_format(id).await?);
+        let source = self.source(id).await?;
+        let key = spec.key(source.format);
         let path = Store::derived_path(id, &key);
         let etag = format!("{id}.{key}");
         let content_type = crate::engine::content_type_of_key(&key);
@@ -638,7 +652,7 @@ impl Service {
                 cache: Some(CacheStatus::Hit),
             });
         }
-        let (bytes, cache) = self.compute_once(id, spec, &path).await?;
+        let (bytes, cache) = self.compute_once(id, source, spec, &path).await?;
         self.hot.remember_result(&path, &bytes);
         Ok(Fetched {
             content_type,
@@ -689,6 +703,7 @@ impl Service {
     async fn compute_once(
         &self,
         id: &ImageId,
+        source: Source,
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
@@ -703,7 +718,7 @@ impl Service {
         let result = flight
             .get_or_init(|| {
                 led = true;
-                self.compute(id, spec, path)
+                self.compute(id, source, spec, path)
             })
             .await
             .clone();
@@ -727,6 +742,7 @@ impl Service {
     async fn compute(
         &self,
         id: &ImageId,
+        source: Source,
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
@@ -735,14 +751,16 @@ impl Service {
         }
         let lease = Store::lease_path(path);
         if self.lease_after.is_zero() {
-            return self.compute_under_lease(id, spec, path, &lease).await;
+            return self
+                .compute_under_lease(id, source, spec, path, &lease)
+                .await;
         }
         while self.store.lease_expiry(&lease).await?.is_some() {
             if let Some(bytes) = self.await_other_instance(path, &lease).await? {
                 return Ok((bytes, CacheStatus::Coalesced));
             }
         }
-        let work = self.render_and_store(id, spec, path);
+        let work = self.render_and_store(id, source, spec, path);
         tokio::pin!(work);
         if let Ok(result) = tokio::time::timeout(self.lease_after, &mut work).await {
             return result;
@@ -771,6 +789,7 @@ impl Service {
     async fn compute_under_lease(
         &self,
         id: &ImageId,
+        source: Source,
         spec: &Arc<TransformSpec>,
         path: &Path,
         lease: &Path,
@@ -789,7 +808,7 @@ impl Service {
         let result = match self.store.read(path).await {
             // The holder before us finished between our last look and our lease.
             Ok(Some(bytes)) => Ok((bytes, CacheStatus::Coalesced)),
-            Ok(None) => self.render_and_store(id, spec, path).await,
+            Ok(None) => self.render_and_store(id, source, spec, path).await,
             Err(err) => Err(err),
         };
         self.release(lease).await;
@@ -829,31 +848,25 @@ impl Service {
     async fn render_and_store(
         &self,
         id: &ImageId,
+        source: Source,
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
         // Reserve before reading the source, from what the sidecar says, so that jobs
         // waiting for the budget hold neither their source nor their pixels.
-        let memory = match self.store.read_sidecar(id).await? {
-            Some(Sidecar {
-                width: Some(width),
-                height: Some(height),
+        let memory = match source {
+            Source {
+                format,
+                size: Some(size),
                 bytes: Some(bytes),
-                format: Some(format),
-                ..
-            }) => match Format::from_name(&format) {
-                Some(format) => {
-                    let working = self
-                        .engine
-                        .estimated_memory(format, (width, height), None, spec);
-                    self.memory.reserve(working + bytes).await?
-                }
-                None => Reservation::none(),
-            },
+            } => {
+                let working = self.engine.estimated_memory(format, size, None, spec);
+                self.memory.reserve(working + bytes).await?
+            }
             _ => Reservation::none(),
         };
-        let source = self.read_blob(id).await?;
-        let rendered = self.render(source, Arc::clone(spec), memory).await?;
+        let blob = self.read_blob(id).await?;
+        let rendered = self.render(blob, Arc::clone(spec), memory).await?;
         let bytes = Bytes::from(rendered.bytes);
         match self.store.put_if_absent(path, bytes.clone()).await? {
             Put::Created => Ok((bytes, CacheStatus::Miss)),
@@ -900,8 +913,10 @@ impl Service {
                     .map_err(|_| Error::internal("the worker pool is closed"))?
             }
         };
+        let cores = self.cores.clone();
         run_blocking(move || {
             let _permit = permit;
+            let _core = cores.as_ref().and_then(CoreSlots::take);
             work()
         })
         .await
@@ -927,31 +942,35 @@ impl Service {
             .ok_or_else(|| image_not_found(id))
     }
 
-    /// The format of a stored original: from its sidecar, else sniffed from its bytes.
-    /// Remembered in the hot cache: the bytes behind an id never change.
-    async fn source_format(&self, id: &ImageId) -> Result<Format> {
-        if let Some(format) = self.hot.format(id) {
-            return Ok(format);
+    /// What the sidecar of a stored original says of it (the format, else sniffed from
+    /// its bytes). Remembered in the hot cache: the bytes behind an id never change.
+    async fn source(&self, id: &ImageId) -> Result<Source> {
+        if let Some(source) = self.hot.source(id) {
+            return Ok(source);
         }
-        let format = match self
-            .store
-            .read_sidecar(id)
-            .await?
-            .and_then(|s| s.format)
-            .and_then(|f| Format::from_name(&f))
-        {
-            Some(format) => format,
+        let sidecar = self.store.read_sidecar(id).await?.unwrap_or_default();
+        let source = match sidecar.format.as_deref().and_then(Format::from_name) {
+            Some(format) => Source {
+                format,
+                size: sidecar.width.zip(sidecar.height),
+                bytes: sidecar.bytes,
+            },
             None => {
                 let head = self.read_blob(id).await?;
-                Format::sniff(&head).ok_or_else(|| {
+                let format = Format::sniff(&head).ok_or_else(|| {
                     Error::unsupported(format!(
                         "stored image {id} is not in a format the engine reads"
                     ))
-                })?
+                })?;
+                Source {
+                    format,
+                    size: None,
+                    bytes: None,
+                }
             }
         };
-        self.hot.remember_format(id, format);
-        Ok(format)
+        self.hot.remember_source(id, source);
+        Ok(source)
     }
 }
 

@@ -28,56 +28,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-/// The cores this process may run on, from its affinity mask.
-#[derive(Clone, Copy)]
-pub struct CpuSet(libc::cpu_set_t);
-
-impl CpuSet {
-    /// The calling thread's set.
-    pub fn current() -> std::io::Result<Self> {
-        // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(Self(set))
-        }
-    }
-
-    /// The cores in the set, in order.
-    pub fn cpus(&self) -> Vec<usize> {
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: the index is below CPU_SETSIZE.
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &self.0) })
-            .collect()
-    }
-
-    /// A set of one core. Past `CPU_SETSIZE` (no core `cpus` lists is) the set is
-    /// empty, and `apply` fails.
-    pub fn only(cpu: usize) -> Self {
-        // SAFETY: as in `current`; the index is checked against the set's size first.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if cpu < libc::CPU_SETSIZE as usize {
-                libc::CPU_SET(cpu, &mut set);
-            }
-            Self(set)
-        }
-    }
-
-    /// Restricts the calling thread to the set. Threads it starts inherit it.
-    pub fn apply(&self) -> std::io::Result<()> {
-        // SAFETY: passes a valid cpu_set_t of the size given.
-        let status =
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
-        if status != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
 /// How many requests a connection serves between looks at the core its packets now
 /// arrive on (a system call each).
 const CHECK_EVERY: u32 = 16;
@@ -275,6 +225,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_loopback_connection_reports_a_core_of_this_machine() {
+        use crate::cores::CpuSet;
+
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());

@@ -177,16 +177,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc's malloc, told to hand large blocks (image buffers) straight to mmap and back
-/// to the kernel on free. Left alone, it raises its mmap threshold after the first
-/// large free (up to 32 MiB) and keeps later buffers in its heaps, where fragmentation
-/// holds them: the memory-bound test peaked at 739 MiB that way, at 204 MiB with this,
-/// and at 497 MiB with mimalloc (see DECISIONS.md, "The allocator").
+/// glibc's malloc, told to hand large blocks (image buffers of 1 MiB and more) straight
+/// to mmap and back to the kernel on free. Left alone, it raises its mmap threshold
+/// after the first large free (up to 32 MiB) and keeps later buffers in its heaps,
+/// where fragmentation holds them: the memory-bound test peaked at 739 MiB that way,
+/// at 204 MiB with a fixed threshold, and at 497 MiB with mimalloc. Blocks under 1 MiB
+/// (a thumbnail's buffers, a small source) stay in the heaps, which keep up to 4 MiB
+/// free at their top rather than hand it back and fault it in again on the next
+/// request (see DECISIONS.md, "The allocator").
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }

@@ -1,4 +1,4 @@
-//! Upload buffers kept for reuse.
+//! Upload buffers kept for reuse, and the buffers stored originals are read into.
 //!
 //! An upload is held whole in memory while it is hashed, probed and stored, in a
 //! buffer sized by its `Content-Length`. A new buffer of megabytes is fresh memory:
@@ -6,7 +6,8 @@
 //! the pages go straight back (see `hugepages`), so the next upload pays again. Under
 //! a stream of uploads that zeroing and faulting was a fifth of the server's CPU
 //! (DECISIONS, "Upload buffers reused"). So a finished upload's buffer is kept, up to
-//! a total, and the next upload takes the smallest one that fits.
+//! a total, and the next upload takes the smallest one that fits. A stored original
+//! read from a directory store for a transform takes its buffer from the same pool.
 //!
 //! The bound: idle buffers hold at most `max_idle_bytes`, beside what the memory
 //! budget lets requests hold; a buffer in use is counted by its request's reservation.
@@ -16,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 /// Buffers smaller than this are not kept: malloc recycles them itself (only larger
-/// blocks get mappings of their own), and the idle list stays short.
-const SMALLEST_KEPT: usize = 256 * 1024;
+/// blocks get mappings of their own, see `tune_malloc` in main.rs), and the idle list
+/// stays short.
+const SMALLEST_KEPT: usize = 1024 * 1024;
 
 /// See the module documentation. Shared behind an `Arc`.
 pub struct BufferPool {
@@ -73,7 +75,7 @@ impl BufferPool {
 
     /// Bytes held by idle buffers.
     #[cfg(test)]
-    fn idle_bytes(&self) -> usize {
+    pub(crate) fn idle_bytes(&self) -> usize {
         capacity_of(&self.idle.lock().unwrap())
     }
 }

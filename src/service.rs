@@ -937,7 +937,7 @@ impl Service {
 
     async fn read_blob(&self, id: &ImageId) -> Result<Bytes> {
         self.store
-            .read(&Store::blob_path(id))
+            .read_pooled(&Store::blob_path(id), &self.upload_buffers)
             .await?
             .ok_or_else(|| image_not_found(id))
     }

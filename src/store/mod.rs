@@ -26,6 +26,7 @@ mod lease;
 mod sidecar;
 
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -34,10 +35,11 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, WriteMultipart,
 };
 
+use crate::buffers::BufferPool;
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
@@ -308,6 +310,39 @@ impl Store {
         }
     }
 
+    /// Like [`Store::read`], but a file of a directory store is read into a buffer from
+    /// `pool`, which gets it back when the `Bytes` is dropped. A fresh buffer of
+    /// megabytes is mapped and zeroed by the kernel page by page before the copy into
+    /// it: for the 10 MB camera photo, 4.5% of an uncached thumbnail's CPU.
+    pub async fn read_pooled(&self, path: &Path, pool: &Arc<BufferPool>) -> Result<Option<Bytes>> {
+        let result = match self.objects.get(path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let range = result.range.clone();
+        let GetResultPayload::File(mut file, _) = result.payload else {
+            return Ok(Some(result.bytes().await?));
+        };
+        let pool = Arc::clone(pool);
+        let read = tokio::task::spawn_blocking(move || {
+            let length = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+            let mut buffer = pool.take(length);
+            file.seek(SeekFrom::Start(range.start))?;
+            file.take(range.end - range.start)
+                .read_to_end(&mut buffer)?;
+            Ok::<_, std::io::Error>(pool.freeze(buffer))
+        });
+        let bytes = read
+            .await
+            .map_err(|err| Error::internal(format!("a store read failed: {err}")))?
+            .map_err(|err| {
+                tracing::warn!(error = %err, %path, "store error");
+                Error::unavailable(format!("the image store failed reading {path}: {err}"))
+            })?;
+        Ok(Some(bytes))
+    }
+
     /// Streams the object at `path`, or just `range` of it, or `None` if there is none.
     /// The caller resolves the range against the size first (see [`Store::size`]).
     pub async fn stream(
@@ -455,6 +490,26 @@ mod tests {
             Put::Created
         );
         assert_eq!(std::fs::read(dir.path().join("a/b/whole")).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn pooled_reads_return_their_buffer_on_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Bytes = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+        let path = Path::from("a/b/pooled");
+        for url in [dir.path().to_str().unwrap(), "memory://"] {
+            let store = Store::open(url, &S3Settings::default()).unwrap();
+            store.put_if_absent(&path, bytes.clone()).await.unwrap();
+            let pool = Arc::new(BufferPool::new(16 << 20));
+            let read = store.read_pooled(&path, &pool).await.unwrap().unwrap();
+            assert_eq!(read, bytes, "{url}");
+            drop(read);
+            // A directory's file is read into the pool's buffer, which comes back.
+            let kept = if url == "memory://" { 0 } else { bytes.len() };
+            assert_eq!(pool.idle_bytes(), kept, "{url}");
+            let missing = Path::from("a/b/missing");
+            assert!(store.read_pooled(&missing, &pool).await.unwrap().is_none());
+        }
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! page-faulted and zeroed on first touch: under load on the 10 MP photo, faults were
 //! a quarter of the server's CPU. Mapped in 2 MiB huge pages, the same buffer takes
 //! five faults instead of 2,400. Freed blocks still go straight back to the kernel,
-//! so the bounded peak the memory budget promises is kept (upload bodies are the
-//! exception: their buffers are kept for the next upload, up to a bound, see
-//! `buffers`). Where transparent huge
+//! so the bounded peak the memory budget promises is kept (upload bodies and stored
+//! originals read for transforms are the exception: their buffers are kept for reuse,
+//! up to a bound, see `buffers`). Where transparent huge
 //! pages are off, `madvise` is a no-op and this is what glibc would have done.
 
 use std::alloc::{GlobalAlloc, Layout, System};

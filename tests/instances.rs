@@ -92,15 +92,7 @@ async fn a_new_transform_is_computed_once_across_instances(backend: Backend) {
     ];
     let client = reqwest::Client::new();
     let bytes = noise_png(1200, 900);
-    let id = instances[0]
-        .upload_png(&client, bytes)
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = instances[0].upload_id(&client, bytes).await;
     let path = format!("/images/{id}/resize(w=700)/grayscale/?format=png");
     let requests = (0..100).map(|n| {
         let url = instances[n % 2].url(&path);
@@ -159,15 +151,7 @@ async fn a_long_computation_takes_a_lease_the_other_instance_waits_for(backend: 
         shared.spawn_instance_with(&settings, soon),
     );
     let client = reqwest::Client::new();
-    let id = a
-        .upload_png(&client, noise_png(2400, 1800))
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = a.upload_id(&client, noise_png(2400, 1800)).await;
     // Lanczos to 2300 px, sharpened, as a noise PNG: hundreds of milliseconds.
     let path = format!("/images/{id}/resize(w=2300)/sharpen(sigma=2)/?format=png");
     let first = tokio::spawn({

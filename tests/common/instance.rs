@@ -78,6 +78,14 @@ impl Instance {
             .unwrap()
     }
 
+    /// Uploads `png`, which must be stored (201); its id.
+    pub async fn upload_id(&self, client: &reqwest::Client, png: Vec<u8>) -> String {
+        let response = self.upload_png(client, png).await;
+        assert_eq!(response.status(), 201);
+        let reply: serde_json::Value = response.json().await.unwrap();
+        reply["id"].as_str().unwrap().to_string()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -39,6 +39,10 @@ pub struct Settings {
     /// Bytes of recently served transform results kept in memory (see [`crate::hot`]);
     /// 0 turns that off.
     pub hot_cache_bytes: u64,
+    /// Seconds an image's format and size are trusted from memory before its sidecar
+    /// is read again: how long an instance may go on serving cached transforms of an
+    /// image deleted through another instance sharing the store.
+    pub hot_cache_source_secs: u64,
     /// Limits against abuse.
     pub limits: Limits,
     /// How to reach an `s3://` store.
@@ -188,6 +192,7 @@ impl Default for Settings {
             transform_lease_after_ms: 100,
             shutdown_grace_secs: 30,
             hot_cache_bytes: 64 * 1024 * 1024,
+            hot_cache_source_secs: 60,
             limits: Limits::default(),
             s3: S3Settings::default(),
             access: Access::default(),

@@ -305,7 +305,10 @@ impl Service {
                 (settings.limits.memory_budget_bytes / IDLE_UPLOAD_BUFFERS_SHARE) as usize,
             )),
             metrics: Arc::new(Metrics::default()),
-            hot: HotCache::new(settings.hot_cache_bytes),
+            hot: HotCache::new(
+                settings.hot_cache_bytes,
+                Duration::from_secs(settings.hot_cache_source_secs),
+            ),
             cores: None,
         })
     }
@@ -687,16 +690,16 @@ impl Service {
         }
         let engine = self.engine.clone();
         let metrics = Arc::clone(&self.metrics);
-        let rendered = self
-            .run_worker(move || {
-                let started = Instant::now();
-                let rendered = engine.render(&source, &spec);
-                metrics.transform(spec.label(), started.elapsed());
-                rendered
-            })
-            .await;
-        drop(memory);
-        rendered
+        self.run_worker(move || {
+            // Held by the job, not the request: a request dropped (its client gone)
+            // leaves the job running on the pool, and its memory still in use.
+            let _memory = memory;
+            let started = Instant::now();
+            let rendered = engine.render(&source, &spec);
+            metrics.transform(spec.label(), started.elapsed());
+            rendered
+        })
+        .await
     }
 
     /// Coalesces concurrent computations of one derived object into one.
@@ -768,18 +771,19 @@ impl Service {
         // Whoever else holds it by now started after our look and computes too; the
         // store keeps whichever result is written first, and the two are the same.
         let held = match self.store.try_lease(&lease, self.lease_ttl).await {
-            Ok(taken) => taken == Lease::Acquired,
+            Ok(Lease::Acquired(held)) => Some(held),
+            Ok(Lease::HeldUntil(_) | Lease::Free) => None,
             Err(err) => {
                 tracing::warn!(lease = %lease, error = %err, "could not take a lease; computing without");
-                false
+                None
             }
         };
-        if held {
+        if held.is_some() {
             self.metrics.lease_taken();
         }
         let result = work.await;
-        if held {
-            self.release(&lease).await;
+        if let Some(held) = held {
+            held.release().await;
         }
         result
     }
@@ -794,16 +798,16 @@ impl Service {
         path: &Path,
         lease: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
-        loop {
+        let held = loop {
             match self.store.try_lease(lease, self.lease_ttl).await? {
-                Lease::Acquired => break,
+                Lease::Acquired(held) => break held,
                 Lease::HeldUntil(_) | Lease::Free => {
                     if let Some(bytes) = self.await_other_instance(path, lease).await? {
                         return Ok((bytes, CacheStatus::Coalesced));
                     }
                 }
             }
-        }
+        };
         self.metrics.lease_taken();
         let result = match self.store.read(path).await {
             // The holder before us finished between our last look and our lease.
@@ -811,14 +815,8 @@ impl Service {
             Ok(None) => self.render_and_store(id, source, spec, path).await,
             Err(err) => Err(err),
         };
-        self.release(lease).await;
+        held.release().await;
         result
-    }
-
-    async fn release(&self, lease: &Path) {
-        if let Err(err) = self.store.delete(lease).await {
-            tracing::warn!(lease = %lease, error = %err, "could not release a lease; it will expire");
-        }
     }
 
     /// Polls the store for the object another instance is computing. `None` when its

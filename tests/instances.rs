@@ -1,7 +1,8 @@
 //! Several `progimage serve` processes on one store, as behind a load balancer: what
 //! one stores the other serves at once, duplicate uploads and transforms converge on
 //! one object, a new transform is computed once however many ask for it when leases
-//! are taken first, and a long computation's lease makes the others wait for it.
+//! are taken first, a long computation's lease makes the others wait for it, and a
+//! delete through one is seen by the other.
 
 mod common;
 
@@ -18,6 +19,7 @@ on_shared_stores!(
     concurrent_uploads_of_the_same_bytes_leave_one_blob_and_one_sidecar,
     a_new_transform_is_computed_once_across_instances,
     a_long_computation_takes_a_lease_the_other_instance_waits_for,
+    a_delete_through_one_reaches_what_the_other_holds_in_memory,
 );
 
 async fn an_upload_through_one_is_served_by_the_other(backend: Backend) {
@@ -202,6 +204,38 @@ async fn a_long_computation_takes_a_lease_the_other_instance_waits_for(backend: 
         .filter(|key| key.contains(&derived_marker()))
         .count();
     assert_eq!(derived, 1);
+}
+
+/// The other instance holds the thumbnail in its hot cache; once it has trusted the
+/// image's source for `hot_cache_source_secs`, it reads the sidecar again and finds
+/// the image gone.
+async fn a_delete_through_one_reaches_what_the_other_holds_in_memory(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let settings = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        shared.spawn_instance(),
+        shared.spawn_instance_with(&settings, "hot_cache_source_secs = 1\n"),
+    );
+    let client = reqwest::Client::new();
+    let id = a.upload_id(&client, noise_png(300, 200)).await;
+    let thumbnail = b.url(&format!("/images/{id}/thumbnail/?w=50"));
+    for expected in ["MISS", "HIT"] {
+        let response = client.get(&thumbnail).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-cache"], expected);
+    }
+    let deleted = client
+        .delete(a.url(&format!("/images/{id}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let gone = client.get(&thumbnail).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let body: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "image_not_found", "{body}");
+    assert!(stored_keys(&shared.store).await.is_empty());
 }
 
 fn caches(responses: &[(String, bytes::Bytes)]) -> Vec<&str> {

@@ -1,6 +1,7 @@
 //! Slow and hostile clients cannot hold connections: bodies that stall get 408,
-//! headers that stall are cut off, responses nobody reads are dropped, and only
-//! `max_connections` are served at once. Raw TCP, so the client can misbehave.
+//! headers that stall are cut off, responses nobody reads are dropped, only
+//! `max_connections` are served at once, and a client that hangs up while its
+//! transform is computed leaves no lease behind. Raw TCP, so the client can misbehave.
 
 mod common;
 
@@ -153,4 +154,53 @@ async fn connections_beyond_the_limit_wait_for_a_free_one() {
         .expect("served once a connection closed")
         .unwrap();
     assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+/// A lease is held while a transform is computed (here taken before computing, as with
+/// `transform_lease_after_ms = 0`). When the client hangs up, the request is dropped
+/// and so is the computation; its lease must go with it, or the next request for the
+/// same transform would wait out the lease's 60 s for a result that never comes.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_transform_leaves_no_lease() {
+    let server = TestServer::on_with(Backend::Memory, |settings| {
+        settings.transform_lease_after_ms = 0;
+    })
+    .await;
+    let id = server.upload_id(&noise_png(2400, 1800)).await;
+    // Lanczos to 2300 px, sharpened, as a noise PNG: hundreds of milliseconds.
+    let path = format!("/images/{id}/resize(w=2300)/sharpen(sigma=2)/?format=png");
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let leases = || async {
+        let keys = server.stored_files().await.into_iter();
+        keys.filter(|key| key.starts_with("leases/")).count()
+    };
+    let started = Instant::now();
+    while leases().await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no lease taken"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(stream);
+    let hung_up = Instant::now();
+    while leases().await > 0 {
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(10),
+            "the lease outlived the request that held it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The abandoned computation stored nothing, and the next request computes anew
+    // rather than waiting for it.
+    let again = tokio::time::timeout(Duration::from_secs(20), server.get(&path))
+        .await
+        .expect("the next request waited for the abandoned computation");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["x-cache"], "MISS");
+    let image = image::load_from_memory(&again.bytes().await.unwrap()).unwrap();
+    assert_eq!(image.width(), 2300);
+    assert_eq!(leases().await, 0);
 }

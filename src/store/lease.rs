@@ -27,10 +27,10 @@ struct LeaseBody {
 }
 
 /// The outcome of trying to take a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Lease {
     /// The lease is ours: compute, store the result, then release it.
-    Acquired,
+    Acquired(HeldLease),
     /// Someone else holds it until this time.
     HeldUntil(DateTime<Utc>),
     /// Nobody holds it (it was released between our two requests).
@@ -40,6 +40,43 @@ pub enum Lease {
 impl From<Option<DateTime<Utc>>> for Lease {
     fn from(expiry: Option<DateTime<Utc>>) -> Self {
         expiry.map_or(Lease::Free, Lease::HeldUntil)
+    }
+}
+
+/// A lease this process took. [`HeldLease::release`] deletes it once the work under
+/// it is done. If that work is dropped first (its client went away, the server shut
+/// down), dropping the lease deletes it in the background, so that the next request
+/// for the key does not wait out the lease's time for a result that will not come.
+#[derive(Debug)]
+pub struct HeldLease {
+    store: Store,
+    /// `None` once released.
+    path: Option<Path>,
+}
+
+impl HeldLease {
+    pub async fn release(mut self) {
+        if let Some(path) = self.path.take() {
+            delete_lease(&self.store, &path).await;
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { delete_lease(&store, &path).await });
+        }
+    }
+}
+
+async fn delete_lease(store: &Store, path: &Path) {
+    if let Err(err) = store.delete(path).await {
+        tracing::warn!(lease = %path, error = %err, "could not release a lease; it will expire");
     }
 }
 
@@ -57,7 +94,10 @@ impl Store {
         };
         let json = serde_json::to_vec(&body).expect("lease serialises");
         match self.put_if_absent(path, json.into()).await? {
-            Put::Created => Ok(Lease::Acquired),
+            Put::Created => Ok(Lease::Acquired(HeldLease {
+                store: self.clone(),
+                path: Some(path.clone()),
+            })),
             Put::AlreadyThere => self.lease_expiry(path).await.map(Lease::from),
         }
     }
@@ -83,13 +123,35 @@ mod tests {
         let path = Store::lease_path(&Path::from("a/b/ab.e2.thumbnail.jpg"));
         assert_eq!(path.as_ref(), "leases/a/b/ab.e2.thumbnail.jpg");
         let ttl = Duration::from_secs(60);
-        assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
+        let Lease::Acquired(held) = store.try_lease(&path, ttl).await.unwrap() else {
+            panic!("the first taker must get the lease");
+        };
         let Lease::HeldUntil(until) = store.try_lease(&path, ttl).await.unwrap() else {
             panic!("a second taker must see the lease held");
         };
         assert!(until > Utc::now() + Duration::from_secs(50));
-        store.delete(&path).await.unwrap();
+        held.release().await;
         assert_eq!(store.lease_expiry(&path).await.unwrap(), None);
-        assert_eq!(store.try_lease(&path, ttl).await.unwrap(), Lease::Acquired);
+        let taken = store.try_lease(&path, ttl).await.unwrap();
+        assert!(matches!(taken, Lease::Acquired(_)), "{taken:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lease_dropped_unreleased_is_deleted_in_the_background() {
+        let store = Store::open("memory://", &S3Settings::default()).unwrap();
+        let path = Store::lease_path(&Path::from("a/b/ab.e2.thumbnail.jpg"));
+        let taken = store
+            .try_lease(&path, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(matches!(taken, Lease::Acquired(_)), "{taken:?}");
+        drop(taken);
+        for _ in 0..100 {
+            if store.lease_expiry(&path).await.unwrap().is_none() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the dropped lease is still in the store");
     }
 }

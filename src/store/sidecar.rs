@@ -168,9 +168,9 @@ impl Store {
         let path = Self::sidecar_path(id);
         let lock = Self::lease_path(&path);
         let deadline = Instant::now() + LOCK_WAIT;
-        loop {
+        let held = loop {
             match self.try_lease(&lock, LOCK_TTL).await? {
-                Lease::Acquired => break,
+                Lease::Acquired(held) => break held,
                 Lease::HeldUntil(until) if until < Utc::now() => self.delete(&lock).await?,
                 Lease::HeldUntil(_) | Lease::Free if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -181,7 +181,7 @@ impl Store {
                     )))
                 }
             }
-        }
+        };
         let swapped = match self.read(&path).await {
             Ok(Some(stored)) if etag_of(&stored) == etag => self
                 .durable
@@ -192,9 +192,7 @@ impl Store {
             Ok(_) => Ok(false),
             Err(err) => Err(err),
         };
-        if let Err(err) = self.delete(&lock).await {
-            tracing::warn!(lock = %lock, error = %err, "could not release a sidecar lock; it will expire");
-        }
+        held.release().await;
         swapped
     }
 }

@@ -188,7 +188,6 @@ impl TestServer {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
-    /// GETs `path` and decodes the body as an image.
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.client.delete(self.url(path)).send().await.unwrap()
     }

@@ -68,10 +68,7 @@ impl MemoryBudget {
     /// deadlock with others doing the same.
     pub fn grow_to(&self, reservation: &mut Reservation, total: u64) -> Result<()> {
         let target = self.units(total);
-        let held = reservation
-            .permit
-            .as_ref()
-            .map_or(0, |p| p.num_permits() as u32);
+        let held = reservation.units();
         if held >= target {
             return Ok(());
         }
@@ -81,6 +78,17 @@ impl MemoryBudget {
         match &mut reservation.permit {
             Some(permit) => permit.merge(more),
             None => reservation.permit = Some(more),
+        }
+        Ok(())
+    }
+
+    /// [`Self::grow_to`], or gives back what `reservation` holds beyond `total`: for a
+    /// job that reserved from an estimate before it could read its header.
+    pub fn fit_to(&self, reservation: &mut Reservation, total: u64) -> Result<()> {
+        let spare = reservation.units().saturating_sub(self.units(total));
+        match (&mut reservation.permit, spare) {
+            (Some(permit), 1..) => drop(permit.split(spare as usize)),
+            _ => self.grow_to(reservation, total)?,
         }
         Ok(())
     }
@@ -126,9 +134,13 @@ impl Reservation {
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
+        u64::from(self.units()) * UNIT
+    }
+
+    fn units(&self) -> u32 {
         self.permit
             .as_ref()
-            .map_or(0, |permit| permit.num_permits() as u64 * UNIT)
+            .map_or(0, |permit| permit.num_permits() as u32)
     }
 }
 
@@ -203,5 +215,18 @@ mod tests {
         assert_eq!(body.bytes(), 4 * UNIT);
         drop(body);
         assert_eq!(budget.available(), 4 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn fitting_gives_back_what_an_estimate_held_too_many() {
+        let budget = MemoryBudget::new(10 * UNIT, 8);
+        let mut job = budget.reserve(8 * UNIT).await.unwrap();
+        budget.fit_to(&mut job, 3 * UNIT).unwrap();
+        assert_eq!(job.bytes(), 3 * UNIT);
+        assert_eq!(budget.available(), 7 * UNIT);
+        budget.fit_to(&mut job, 5 * UNIT).unwrap();
+        assert_eq!(job.bytes(), 5 * UNIT);
+        drop(job);
+        assert_eq!(budget.available(), 10 * UNIT);
     }
 }

@@ -675,7 +675,9 @@ impl Service {
     /// holds its source and working memory (estimated from the header) from the budget:
     /// it waits for them when it holds nothing yet; when it already holds part (an
     /// upload's bytes), it takes the rest only if the budget has it now (else 429), since
-    /// jobs waiting while holding could wait for each other forever.
+    /// jobs waiting while holding could wait for each other forever. A job that reserved
+    /// from its sidecar, before its header could be read, gives back what the header
+    /// shows it will not need.
     async fn render(
         &self,
         source: Bytes,
@@ -686,7 +688,7 @@ impl Service {
         if memory.bytes() == 0 {
             memory = self.memory.reserve(needed).await?;
         } else {
-            self.memory.grow_to(&mut memory, needed)?;
+            self.memory.fit_to(&mut memory, needed)?;
         }
         let engine = self.engine.clone();
         let metrics = Arc::clone(&self.metrics);

@@ -98,6 +98,11 @@ impl MemoryBudget {
         self.permits.available_permits() as u64 * UNIT
     }
 
+    /// Bytes reserved now.
+    pub fn reserved(&self) -> u64 {
+        u64::from(self.capacity) * UNIT - self.available()
+    }
+
     fn units(&self, bytes: u64) -> u32 {
         (bytes.div_ceil(UNIT).max(1)).min(u64::from(self.capacity)) as u32
     }
@@ -224,6 +229,7 @@ mod tests {
         budget.fit_to(&mut job, 3 * UNIT).unwrap();
         assert_eq!(job.bytes(), 3 * UNIT);
         assert_eq!(budget.available(), 7 * UNIT);
+        assert_eq!(budget.reserved(), 3 * UNIT);
         budget.fit_to(&mut job, 5 * UNIT).unwrap();
         assert_eq!(job.bytes(), 5 * UNIT);
         drop(job);

@@ -58,6 +58,17 @@ pub struct Metrics {
     leases_taken: Counter,
     in_flight: Gauge,
     hot_cache: Gauge,
+    memory_reserved: Gauge,
+    transforms_running: Gauge,
+    transforms_waiting: Gauge,
+}
+
+/// What the service holds and runs now: the gauges read when the metrics are.
+pub struct Load {
+    pub hot_cache_bytes: u64,
+    pub memory_reserved_bytes: u64,
+    pub transforms_running: u64,
+    pub transforms_waiting: u64,
 }
 
 /// Buckets from 1 ms to about 33 s, doubling.
@@ -79,6 +90,9 @@ impl Default for Metrics {
         let leases_taken = Counter::default();
         let in_flight = Gauge::default();
         let hot_cache = Gauge::default();
+        let memory_reserved = Gauge::default();
+        let transforms_running = Gauge::default();
+        let transforms_waiting = Gauge::default();
         registry.register(
             "http_requests",
             "Requests answered, by route, method and status",
@@ -136,6 +150,22 @@ impl Default for Metrics {
             "Bytes of transform results held in memory (at most hot_cache_bytes)",
             hot_cache.clone(),
         );
+        registry.register(
+            "memory_reserved_bytes",
+            "Bytes of the memory budget reserved by uploads and transforms \
+             (at most limits.memory_budget_bytes)",
+            memory_reserved.clone(),
+        );
+        registry.register(
+            "transforms_running",
+            "Transform jobs on a worker (at most transform_workers)",
+            transforms_running.clone(),
+        );
+        registry.register(
+            "transforms_waiting",
+            "Transform jobs waiting for a worker (at most limits.max_queued_transforms)",
+            transforms_waiting.clone(),
+        );
         Self {
             registry,
             requests,
@@ -149,6 +179,9 @@ impl Default for Metrics {
             leases_taken,
             in_flight,
             hot_cache,
+            memory_reserved,
+            transforms_running,
+            transforms_waiting,
         }
     }
 }
@@ -208,9 +241,17 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// The hot cache's size now (set when the metrics are read).
-    pub fn hot_cache_size(&self, bytes: u64) {
-        self.hot_cache.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// Sets the gauges to what the service holds and runs now.
+    pub fn load(&self, now: &Load) {
+        let gauges = [
+            (&self.hot_cache, now.hot_cache_bytes),
+            (&self.memory_reserved, now.memory_reserved_bytes),
+            (&self.transforms_running, now.transforms_running),
+            (&self.transforms_waiting, now.transforms_waiting),
+        ];
+        for (gauge, value) in gauges {
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn render(&self) -> String {

@@ -31,7 +31,7 @@ use crate::cores::CoreSlots;
 use crate::engine::{Engine, Format, Presets, Probe, Rendered, TransformSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{HotCache, Source};
-use crate::metrics::Metrics;
+use crate::metrics::{Load, Metrics};
 use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSidecar};
 
 /// Where a transform response came from, reported to clients in `X-Cache`.
@@ -267,6 +267,7 @@ pub struct Service {
     store: Store,
     engine: Engine,
     workers: Arc<Semaphore>,
+    worker_count: usize,
     /// Transform jobs waiting for a worker, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -291,6 +292,7 @@ impl Service {
             store,
             engine: Engine::new(settings.limits.clone(), presets),
             workers: Arc::new(Semaphore::new(settings.effective_workers())),
+            worker_count: settings.effective_workers(),
             waiting: AtomicUsize::new(0),
             max_waiting: settings.limits.max_queued_transforms,
             in_flight: Mutex::new(HashMap::new()),
@@ -323,7 +325,12 @@ impl Service {
 
     /// The metrics in their text form, with the gauges read now.
     pub fn render_metrics(&self) -> String {
-        self.metrics.hot_cache_size(self.hot.held_bytes());
+        self.metrics.load(&Load {
+            hot_cache_bytes: self.hot.held_bytes(),
+            memory_reserved_bytes: self.memory.reserved(),
+            transforms_running: (self.worker_count - self.workers.available_permits()) as u64,
+            transforms_waiting: self.waiting.load(Ordering::SeqCst) as u64,
+        });
         self.metrics.render()
     }
 

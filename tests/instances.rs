@@ -8,7 +8,7 @@ mod common;
 
 use common::{
     assert_consistent, blob_key, derived_marker, noise_png, on_shared_stores, sha1_hex,
-    stored_keys, Backend, SharedStore,
+    slow_source, slow_transform, stored_keys, Backend, SharedStore,
 };
 use std::time::Duration;
 
@@ -153,9 +153,8 @@ async fn a_long_computation_takes_a_lease_the_other_instance_waits_for(backend: 
         shared.spawn_instance_with(&settings, soon),
     );
     let client = reqwest::Client::new();
-    let id = a.upload_id(&client, noise_png(2400, 1800)).await;
-    // Lanczos to 2300 px, sharpened, as a noise PNG: hundreds of milliseconds.
-    let path = format!("/images/{id}/resize(w=2300)/sharpen(sigma=2)/?format=png");
+    let id = a.upload_id(&client, slow_source()).await;
+    let path = slow_transform(&id, 2);
     let first = tokio::spawn({
         let (client, url) = (client.clone(), a.url(&path));
         async move { client.get(url).send().await.unwrap() }

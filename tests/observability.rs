@@ -1,5 +1,5 @@
-//! What an operator sees: request ids, `/metrics`, one JSON log line per request,
-//! and back-pressure (429) when the transform queue is full.
+//! What an operator sees: request ids, `/metrics` and its gauges, one JSON log line
+//! per request, and back-pressure (429) when the transform queue is full.
 
 mod common;
 
@@ -177,6 +177,52 @@ async fn a_full_transform_queue_answers_429_with_retry_after() {
         ),
         Some(refused as f64)
     );
+}
+
+/// The gauges an operator tunes the workers, the queue and the memory budget by: one
+/// slow transform runs, a second waits for the one worker, both hold memory; when
+/// they are done, nothing is running, waiting or reserved.
+#[tokio::test]
+async fn gauges_show_the_transforms_running_waiting_and_their_memory() {
+    let server = TestServer::on_with(Backend::Memory, |settings| {
+        settings.transform_workers = 1;
+    })
+    .await;
+    let id = server.upload_id(&slow_source()).await;
+    let slow = [2, 3].map(|sigma| {
+        let url = server.url(&slow_transform(&id, sigma));
+        let client = server.client.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    });
+    let gauges = |metrics: &str| {
+        [
+            "progimage_transforms_running",
+            "progimage_transforms_waiting",
+            "progimage_memory_reserved_bytes",
+        ]
+        .map(|name| sample(metrics, name).unwrap_or_else(|| panic!("{name}: {metrics}")))
+    };
+    let started = std::time::Instant::now();
+    let [running, waiting, reserved] = loop {
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        let now = gauges(&metrics);
+        if now[..2] == [1.0, 1.0] {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20) && !slow.iter().all(|t| t.is_finished()),
+            "never one running and one waiting: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!((running, waiting), (1.0, 1.0));
+    // Each holds at least its decoded RGBA pixels.
+    assert!(reserved >= 2.0 * 2400.0 * 1800.0 * 4.0, "{reserved}");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert_eq!(gauges(&metrics), [0.0, 0.0, 0.0]);
 }
 
 #[tokio::test]

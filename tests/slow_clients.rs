@@ -166,9 +166,8 @@ async fn a_client_that_hangs_up_mid_transform_leaves_no_lease() {
         settings.transform_lease_after_ms = 0;
     })
     .await;
-    let id = server.upload_id(&noise_png(2400, 1800)).await;
-    // Lanczos to 2300 px, sharpened, as a noise PNG: hundreds of milliseconds.
-    let path = format!("/images/{id}/resize(w=2300)/sharpen(sigma=2)/?format=png");
+    let id = server.upload_id(&slow_source()).await;
+    let path = slow_transform(&id, 2);
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -389,6 +389,17 @@ pub fn noise(width: u32, height: u32) -> RgbImage {
     })
 }
 
+/// The noise PNG a slow transform is computed from: see [`slow_transform`].
+pub fn slow_source() -> Vec<u8> {
+    noise_png(2400, 1800)
+}
+
+/// A transform of [`slow_source`] that takes hundreds of milliseconds even here:
+/// Lanczos to 2300 px, sharpened, as a PNG; `sigma` makes distinct cache keys.
+pub fn slow_transform(id: &str, sigma: u32) -> String {
+    format!("/images/{id}/resize(w=2300)/sharpen(sigma={sigma})/?format=png")
+}
+
 pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
     encode(
         &DynamicImage::ImageRgb8(noise(width, height)),

@@ -103,6 +103,11 @@ impl MemoryBudget {
         u64::from(self.capacity) * UNIT - self.available()
     }
 
+    /// Reservations waiting for the budget now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     fn units(&self, bytes: u64) -> u32 {
         (bytes.div_ceil(UNIT).max(1)).min(u64::from(self.capacity)) as u32
     }

@@ -59,6 +59,7 @@ pub struct Metrics {
     in_flight: Gauge,
     hot_cache: Gauge,
     memory_reserved: Gauge,
+    memory_waiting: Gauge,
     transforms_running: Gauge,
     transforms_waiting: Gauge,
 }
@@ -67,6 +68,7 @@ pub struct Metrics {
 pub struct Load {
     pub hot_cache_bytes: u64,
     pub memory_reserved_bytes: u64,
+    pub memory_waiting: u64,
     pub transforms_running: u64,
     pub transforms_waiting: u64,
 }
@@ -91,6 +93,7 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let hot_cache = Gauge::default();
         let memory_reserved = Gauge::default();
+        let memory_waiting = Gauge::default();
         let transforms_running = Gauge::default();
         let transforms_waiting = Gauge::default();
         registry.register(
@@ -157,6 +160,12 @@ impl Default for Metrics {
             memory_reserved.clone(),
         );
         registry.register(
+            "memory_waiting",
+            "Uploads and transforms waiting for the memory budget \
+             (at most limits.max_queued_transforms)",
+            memory_waiting.clone(),
+        );
+        registry.register(
             "transforms_running",
             "Transform jobs on a worker (at most transform_workers)",
             transforms_running.clone(),
@@ -180,6 +189,7 @@ impl Default for Metrics {
             in_flight,
             hot_cache,
             memory_reserved,
+            memory_waiting,
             transforms_running,
             transforms_waiting,
         }
@@ -246,6 +256,7 @@ impl Metrics {
         let gauges = [
             (&self.hot_cache, now.hot_cache_bytes),
             (&self.memory_reserved, now.memory_reserved_bytes),
+            (&self.memory_waiting, now.memory_waiting),
             (&self.transforms_running, now.transforms_running),
             (&self.transforms_waiting, now.transforms_waiting),
         ];

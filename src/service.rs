@@ -328,6 +328,7 @@ impl Service {
         self.metrics.load(&Load {
             hot_cache_bytes: self.hot.held_bytes(),
             memory_reserved_bytes: self.memory.reserved(),
+            memory_waiting: self.memory.waiting() as u64,
             transforms_running: (self.worker_count - self.workers.available_permits()) as u64,
             transforms_waiting: self.waiting.load(Ordering::SeqCst) as u64,
         });

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -54,12 +54,29 @@ async fn uploads_wait_for_the_memory_budget_and_overflow_with_429() {
     })
     .await;
     let bodies: Vec<Vec<u8>> = (0..8).map(|seed| bmp(3 << 20, seed)).collect();
-    let responses = join_all(
+    let uploads = join_all(
         bodies
             .iter()
             .map(|body| slow_upload(&server, body.clone(), Duration::from_millis(400))),
-    )
-    .await;
+    );
+    // Meanwhile the gauges show two uploads holding the budget and two waiting.
+    let gauges = async {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            let metrics = server.get("/metrics").await.text().await.unwrap();
+            let (reserved, waiting) = (
+                sample(&metrics, "progimage_memory_reserved_bytes").unwrap(),
+                sample(&metrics, "progimage_memory_waiting").unwrap(),
+            );
+            if waiting == 2.0 {
+                return reserved;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never two uploads waiting for the budget");
+    };
+    let (responses, reserved) = tokio::join!(uploads, gauges);
+    assert!(reserved >= 6.0 * 1024.0 * 1024.0, "{reserved}");
     let mut created = Vec::new();
     let mut refused = 0;
     for (body, response) in bodies.iter().zip(responses) {

@@ -50,13 +50,6 @@ async fn request_ids_are_echoed_or_generated() {
     );
 }
 
-/// The value of the sample `name` (with its labels) in a metrics page.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_cache_results_transforms_bytes_and_rejections() {
     // However slow this machine, the thumbnail below finishes before it takes a lease.

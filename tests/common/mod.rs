@@ -389,6 +389,13 @@ pub fn noise(width: u32, height: u32) -> RgbImage {
     })
 }
 
+/// The value of the sample `name` (with its labels) in a metrics page.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The noise PNG a slow transform is computed from: see [`slow_transform`].
 pub fn slow_source() -> Vec<u8> {
     noise_png(2400, 1800)

@@ -288,11 +288,12 @@ impl Service {
     /// Fails when the settings' presets do not parse.
     pub fn new(settings: &Settings, store: Store) -> Result<Self> {
         let presets = Presets::new(&settings.presets)?;
+        let workers = settings.effective_workers();
         Ok(Self {
             store,
             engine: Engine::new(settings.limits.clone(), presets),
-            workers: Arc::new(Semaphore::new(settings.effective_workers())),
-            worker_count: settings.effective_workers(),
+            workers: Arc::new(Semaphore::new(workers)),
+            worker_count: workers,
             waiting: AtomicUsize::new(0),
             max_waiting: settings.limits.max_queued_transforms,
             in_flight: Mutex::new(HashMap::new()),
@@ -720,27 +721,17 @@ impl Service {
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
-        let flight = self
-            .in_flight
-            .lock()
-            .expect("in-flight map lock")
-            .entry(path.clone())
-            .or_default()
-            .clone();
+        let hold = FlightHold::join(&self.in_flight, path);
         let mut led = false;
-        let result = flight
+        let result = hold
+            .flight()
             .get_or_init(|| {
                 led = true;
                 self.compute(id, source, spec, path)
             })
             .await
             .clone();
-        {
-            let mut in_flight = self.in_flight.lock().expect("in-flight map lock");
-            if in_flight.get(path).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                in_flight.remove(path);
-            }
-        }
+        drop(hold);
         let (bytes, status) = result?;
         Ok((bytes, if led { status } else { CacheStatus::Coalesced }))
     }
@@ -1019,6 +1010,49 @@ fn object_from_bytes(bytes: Bytes, range: Option<ByteRange>) -> Result<ObjectStr
     })
 }
 
+/// A request's hold on the flight computing one derived object in this process.
+/// Dropped, it takes the flight out of the map once the flight has its result, or
+/// when no other request still waits on it: a flight whose requests were all dropped
+/// (their clients gone) would otherwise stay in the map for good.
+struct FlightHold<'a> {
+    in_flight: &'a Mutex<HashMap<Path, Flight>>,
+    path: &'a Path,
+    /// `None` only while dropping.
+    flight: Option<Flight>,
+}
+
+impl<'a> FlightHold<'a> {
+    /// Joins the flight for `path`, starting one if there is none.
+    fn join(in_flight: &'a Mutex<HashMap<Path, Flight>>, path: &'a Path) -> Self {
+        let mut map = in_flight.lock().expect("in-flight map lock");
+        let flight = map.entry(path.clone()).or_default().clone();
+        Self {
+            in_flight,
+            path,
+            flight: Some(flight),
+        }
+    }
+
+    fn flight(&self) -> &Flight {
+        self.flight.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for FlightHold<'_> {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().expect("in-flight map lock");
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        let ours = map.get(self.path).is_some_and(|f| Arc::ptr_eq(f, &flight));
+        // The map's and ours are the last two, counted and released under the lock.
+        if ours && (flight.initialized() || Arc::strong_count(&flight) == 2) {
+            map.remove(self.path);
+        }
+        drop(flight);
+    }
+}
+
 /// Runs work on tokio's blocking pool. A panic there (a decoder bug tripped by
 /// hostile bytes) becomes a 422 for that image rather than a dead connection.
 async fn run_blocking<T: Send + 'static>(
@@ -1076,5 +1110,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(starved.push(b"x").unwrap_err().code, "too_many_requests");
+    }
+
+    /// A transform whose request is dropped mid-computation (its client gone) leaves
+    /// no flight behind in the map.
+    #[tokio::test]
+    async fn an_abandoned_transform_leaves_nothing_in_flight() {
+        let store = Store::open("memory://", &crate::config::S3Settings::default()).unwrap();
+        let service = Service::new(&Settings::default(), store).unwrap();
+        let noise = image::RgbImage::from_fn(1200, 900, |x, y| {
+            image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + y * 3) as u8])
+        });
+        let mut png = Vec::new();
+        noise
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let mut incoming = service.incoming(None).await.unwrap();
+        incoming.push(&png).unwrap();
+        let (id, bytes, memory) = incoming.finish();
+        let upload = Upload {
+            id: id.clone(),
+            bytes,
+            file_name: None,
+            name: None,
+            desc: None,
+            memory,
+        };
+        service.upload(upload).await.unwrap();
+        let query = [("format".to_string(), "png".to_string())];
+        let spec = service
+            .transform_spec("resize(w=1100)/sharpen(sigma=3)", &query, None)
+            .unwrap();
+        let spec = Arc::new(spec);
+        let mut transform = Box::pin(service.transform(&id, &spec, None));
+        let started = Instant::now();
+        while service.in_flight.lock().unwrap().is_empty() {
+            assert!(
+                futures::poll!(&mut transform).is_pending(),
+                "finished at once"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(futures::poll!(&mut transform).is_pending());
+        drop(transform);
+        assert!(service.in_flight.lock().unwrap().is_empty());
     }
 }

@@ -1119,7 +1119,7 @@ mod tests {
         let store = Store::open("memory://", &crate::config::S3Settings::default()).unwrap();
         let service = Service::new(&Settings::default(), store).unwrap();
         let noise = image::RgbImage::from_fn(1200, 900, |x, y| {
-            image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + y * 3) as u8])
+            image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + y * 3) as u8])
         });
         let mut png = Vec::new();
         noise

@@ -34,6 +34,10 @@ pub struct Settings {
     /// Milliseconds a cache miss computes before it takes a lease: renders quicker than
     /// this never write one. 0: every miss takes its lease before computing.
     pub transform_lease_after_ms: u64,
+    /// Whether transform results are stored beside their original. Off, every GET of a
+    /// transform computes it (concurrent requests for one still compute it once), for
+    /// deployments whose CDN caches the results: the store then holds originals only.
+    pub store_transforms: bool,
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
     /// Bytes of recently served transform results kept in memory (see [`crate::hot`]);
@@ -190,6 +194,7 @@ impl Default for Settings {
             transform_workers: 0,
             transform_lease_secs: 60,
             transform_lease_after_ms: 100,
+            store_transforms: true,
             shutdown_grace_secs: 30,
             hot_cache_bytes: 64 * 1024 * 1024,
             hot_cache_source_secs: 60,

@@ -39,7 +39,7 @@ use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSide
 pub enum CacheStatus {
     /// Read from the store: computed earlier.
     Hit,
-    /// Computed by this request and stored.
+    /// Computed by this request (and stored, unless `store_transforms` is off).
     Miss,
     /// Computed by a concurrent request for the same key, which this one waited for.
     Coalesced,
@@ -274,6 +274,8 @@ pub struct Service {
     in_flight: Mutex<HashMap<Path, Flight>>,
     lease_ttl: Duration,
     lease_after: Duration,
+    /// `store_transforms`: whether results are written to the store.
+    store_transforms: bool,
     max_upload_bytes: u64,
     memory: Arc<MemoryBudget>,
     upload_buffers: Arc<BufferPool>,
@@ -299,6 +301,7 @@ impl Service {
             in_flight: Mutex::new(HashMap::new()),
             lease_ttl: Duration::from_secs(settings.transform_lease_secs),
             lease_after: Duration::from_millis(settings.transform_lease_after_ms),
+            store_transforms: settings.store_transforms,
             max_upload_bytes: settings.limits.max_upload_bytes,
             memory: Arc::new(MemoryBudget::new(
                 settings.limits.memory_budget_bytes,
@@ -648,7 +651,11 @@ impl Service {
                 cache: Some(CacheStatus::Hit),
             });
         }
-        if let Some(object) = self.stream(&path, range).await? {
+        let stored = match self.store_transforms {
+            true => self.stream(&path, range).await?,
+            false => None,
+        };
+        if let Some(object) = stored {
             let object = match range {
                 None if self.hot.would_keep(object.total_size) => {
                     let bytes = object.collect().await?;
@@ -737,7 +744,8 @@ impl Service {
     }
 
     /// Computes and stores one derived object, unless another instance is computing it
-    /// under a lease, in which case its result is awaited. A computation takes the lease
+    /// under a lease, in which case its result is awaited; with `store_transforms` off,
+    /// only computes it (no lease: other instances store nothing to wait for). A computation takes the lease
     /// itself once it has run for `lease_after` (at once when that is zero), so that
     /// instances missing from then on wait for it; a quicker one never writes a lease.
     /// Checks the hot cache once more first: the previous flight for this key may have
@@ -752,6 +760,10 @@ impl Service {
     ) -> Result<(Bytes, CacheStatus)> {
         if let Some(bytes) = self.hot.result(path) {
             return Ok((bytes, CacheStatus::Hit));
+        }
+        if !self.store_transforms {
+            let bytes = self.render_stored(id, source, spec).await?;
+            return Ok((bytes, CacheStatus::Miss));
         }
         let lease = Store::lease_path(path);
         if self.lease_after.is_zero() {
@@ -851,6 +863,24 @@ impl Service {
         spec: &Arc<TransformSpec>,
         path: &Path,
     ) -> Result<(Bytes, CacheStatus)> {
+        let bytes = self.render_stored(id, source, spec).await?;
+        match self.store.put_if_absent(path, bytes.clone()).await? {
+            Put::Created => Ok((bytes, CacheStatus::Miss)),
+            // Another writer got there first; serve exactly what it stored.
+            Put::AlreadyThere => match self.store.read(path).await? {
+                Some(stored) => Ok((stored, CacheStatus::Miss)),
+                None => Ok((bytes, CacheStatus::Miss)),
+            },
+        }
+    }
+
+    /// Renders a transform of a stored original.
+    async fn render_stored(
+        &self,
+        id: &ImageId,
+        source: Source,
+        spec: &Arc<TransformSpec>,
+    ) -> Result<Bytes> {
         // Reserve before reading the source, from what the sidecar says, so that jobs
         // waiting for the budget hold neither their source nor their pixels.
         let memory = match source {
@@ -866,15 +896,7 @@ impl Service {
         };
         let blob = self.read_blob(id).await?;
         let rendered = self.render(blob, Arc::clone(spec), memory).await?;
-        let bytes = Bytes::from(rendered.bytes);
-        match self.store.put_if_absent(path, bytes.clone()).await? {
-            Put::Created => Ok((bytes, CacheStatus::Miss)),
-            // Another writer got there first; serve exactly what it stored.
-            Put::AlreadyThere => match self.store.read(path).await? {
-                Some(stored) => Ok((stored, CacheStatus::Miss)),
-                None => Ok((bytes, CacheStatus::Miss)),
-            },
-        }
+        Ok(Bytes::from(rendered.bytes))
     }
 
     /// Whether the store answers within `timeout`: what `/readyz` reports.

@@ -12,6 +12,7 @@ on_every_store!(
     thumbnail_of_a_stored_image_fits_the_box_and_keeps_the_format,
     transforms_are_cached_as_siblings_under_a_canonical_key,
     concurrent_requests_for_a_new_transform_compute_it_once,
+    with_store_transforms_off_every_get_computes_and_nothing_is_stored,
     on_demand_returns_the_transform_and_stores_nothing,
     exif_orientation_is_applied_before_anything_else,
     ascii_art_has_the_asked_width_corrected_rows_and_only_ramp_characters,
@@ -135,6 +136,47 @@ async fn concurrent_requests_for_a_new_transform_compute_it_once(backend: Backen
         .filter(|f| f.contains(&derived_marker()))
         .collect();
     assert_eq!(derived.len(), 1, "{derived:?}");
+}
+
+async fn with_store_transforms_off_every_get_computes_and_nothing_is_stored(backend: Backend) {
+    let server = TestServer::on_with(backend, |s| {
+        s.store_transforms = false;
+        s.hot_cache_bytes = 0;
+    })
+    .await;
+    let bytes = jpeg(1600, 1200);
+    let id = sha1_hex(&bytes);
+    server.upload(&bytes).await;
+    let stored_before = server.stored_files().await;
+    let path = format!("/images/{id}/thumbnail/?w=200&q=80");
+
+    let first = server.get(&path).await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(first.headers()["content-type"], "image/jpeg");
+    let first_body = first.bytes().await.unwrap();
+    let thumb = decode(&first_body);
+    assert_eq!((thumb.width(), thumb.height()), (200, 150));
+    let second = server.get(&path).await;
+    assert_eq!(second.headers()["x-cache"], "MISS", "computed again");
+    assert_eq!(second.bytes().await.unwrap(), first_body, "and the same");
+
+    // Concurrent requests for one key still compute it once.
+    let requests = (0..8).map(|_| server.client.get(server.url(&path)).send());
+    let statuses: Vec<String> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.unwrap().headers()["x-cache"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| *s == "MISS").count() < statuses.len(),
+        "{statuses:?}"
+    );
+    assert_eq!(server.stored_files().await, stored_before, "nothing stored");
 }
 
 async fn on_demand_returns_the_transform_and_stores_nothing(backend: Backend) {

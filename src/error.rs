@@ -91,6 +91,14 @@ impl Error {
         Self::new(ErrorKind::Unavailable, "store_unavailable", message)
     }
 
+    /// The store failed: `cause` goes to the log, which the request id ties to the
+    /// answer, and not to the client, since it names the store's paths, hosts and
+    /// buckets (a file path on disk, an S3 endpoint and key).
+    pub fn store_failed(cause: impl fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "store error");
+        Self::unavailable("the image store failed; try again shortly")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, "internal_error", message)
     }
@@ -108,7 +116,6 @@ impl From<object_store::Error> for Error {
     /// Anything the store reports that the store layer did not turn into a meaningful
     /// answer (not found, already exists) means the store is unhealthy: 503, retry.
     fn from(err: object_store::Error) -> Self {
-        tracing::warn!(error = %err, "store error");
-        Self::unavailable(format!("the image store failed: {err}"))
+        Self::store_failed(err)
     }
 }

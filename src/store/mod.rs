@@ -336,10 +336,7 @@ impl Store {
         let bytes = read
             .await
             .map_err(|err| Error::internal(format!("a store read failed: {err}")))?
-            .map_err(|err| {
-                tracing::warn!(error = %err, %path, "store error");
-                Error::unavailable(format!("the image store failed reading {path}: {err}"))
-            })?;
+            .map_err(|err| Error::store_failed(format_args!("reading {path}: {err}")))?;
         Ok(Some(bytes))
     }
 

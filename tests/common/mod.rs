@@ -516,7 +516,6 @@ pub fn is_blue(image: &DynamicImage, x: u32, y: u32) -> bool {
     b > 150 && r < 100
 }
 
-/// Checks a "come back later" answer: `Retry-After: 1` and the JSON error `code`.
 /// Asserts a JSON error response and returns its message.
 pub async fn expect_error(
     response: reqwest::Response,
@@ -530,10 +529,13 @@ pub async fn expect_error(
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
-pub async fn assert_retry_later(response: reqwest::Response, code: &str) {
+/// Checks a "come back later" answer: `Retry-After: 1` and the JSON error `code`.
+/// Returns the error's message.
+pub async fn assert_retry_later(response: reqwest::Response, code: &str) -> String {
     assert_eq!(response.headers()["retry-after"], "1");
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], code);
+    error["error"]["message"].as_str().unwrap().to_string()
 }
 
 /// The part of a cached result's name that says it is one: `.e<ENGINE_VERSION>.`.

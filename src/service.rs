@@ -745,9 +745,10 @@ impl Service {
 
     /// Computes and stores one derived object, unless another instance is computing it
     /// under a lease, in which case its result is awaited; with `store_transforms` off,
-    /// only computes it (no lease: other instances store nothing to wait for). A computation takes the lease
-    /// itself once it has run for `lease_after` (at once when that is zero), so that
-    /// instances missing from then on wait for it; a quicker one never writes a lease.
+    /// only computes it (no lease: other instances store nothing to wait for). A
+    /// computation takes the lease itself once it has run for `lease_after` (at once
+    /// when that is zero), so that instances missing from then on wait for it; a
+    /// quicker one never writes a lease.
     /// Checks the hot cache once more first: the previous flight for this key may have
     /// finished since our lookup missed (one whose result is too large for the hot
     /// cache is found by the store reads below, there for other instances anyway).

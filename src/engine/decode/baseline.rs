@@ -1092,6 +1092,7 @@ pub(super) mod tests {
             too_long_to_skip > 0,
             "some symbols should be too long for {SKIPS_PER_REFILL} skips a refill"
         );
+        assert!(table.runs.iter().all(|&run| run & 31 <= LONGEST_SKIP));
         assert_same_as_libjpeg(&bytes, "speckles at q100");
     }
 

@@ -33,7 +33,7 @@ use ops::{Output, Produces};
 
 /// Bumped whenever a change to the engine changes its output, so cached results from
 /// an older engine are never served as the new one's: the version is in every key.
-pub const ENGINE_VERSION: u32 = 3;
+pub const ENGINE_VERSION: u32 = 4;
 
 /// The longest cache key kept readable; `<id>.<key>` must stay under 255 bytes.
 pub const MAX_READABLE_KEY: usize = 200;
@@ -125,10 +125,10 @@ impl TransformSpec {
     }
 
     /// The canonical key of this result for a source of format `source`, e.g.
-    /// `e3.thumbnail(w=128,h=128).q80.jpeg`: engine version, the pipeline with every
+    /// `e4.thumbnail(w=128,h=128).q80.jpeg`: engine version, the pipeline with every
     /// parameter resolved, the output options that change the bytes, and the format
     /// as extension. A key over [`MAX_READABLE_KEY`] bytes (a long pipeline) becomes
-    /// `e3.sha1-<hex of the readable key>.<extension>`, which fits every store's name
+    /// `e4.sha1-<hex of the readable key>.<extension>`, which fits every store's name
     /// limit (255 bytes per file name on most filesystems, with the id in front).
     pub fn key(&self, source: Format) -> String {
         let pipeline = self.pipeline.key();
@@ -381,16 +381,16 @@ mod tests {
         let default = spec("thumbnail", &[]).unwrap();
         assert_eq!(
             default.key(Format::Jpeg),
-            "e3.thumbnail(w=128,h=128).q80.jpeg"
+            "e4.thumbnail(w=128,h=128).q80.jpeg"
         );
-        assert_eq!(default.key(Format::Png), "e3.thumbnail(w=128,h=128).png");
-        assert_eq!(default.key(Format::Bmp), "e3.thumbnail(w=128,h=128).png");
+        assert_eq!(default.key(Format::Png), "e4.thumbnail(w=128,h=128).png");
+        assert_eq!(default.key(Format::Bmp), "e4.thumbnail(w=128,h=128).png");
         let explicit = spec("thumbnail", &[("format", "jpeg"), ("q", "80")]).unwrap();
         assert_eq!(explicit.key(Format::Jpeg), default.key(Format::Jpeg));
         let pipeline = spec("thumbnail(size=10)/convert", &[("format", "webp")]).unwrap();
         assert_eq!(
             pipeline.key(Format::Png),
-            "e3.thumbnail(w=10,h=10)+convert.q80.webp"
+            "e4.thumbnail(w=10,h=10)+convert.q80.webp"
         );
     }
 
@@ -402,10 +402,10 @@ mod tests {
         };
         let key = long("10").key(Format::Png);
         assert!(
-            key.starts_with("e3.sha1-") && key.ends_with(".png"),
+            key.starts_with("e4.sha1-") && key.ends_with(".png"),
             "{key}"
         );
-        assert_eq!(key.len(), "e3.sha1-".len() + 40 + ".png".len());
+        assert_eq!(key.len(), "e4.sha1-".len() + 40 + ".png".len());
         assert_ne!(key, long("11").key(Format::Png));
         assert_eq!(key, long("10").key(Format::Png), "stable");
     }
@@ -423,19 +423,19 @@ mod tests {
     #[test]
     fn content_types_come_from_the_key_extension() {
         assert_eq!(
-            content_type_of_key("e3.thumbnail(w=1).q80.jpeg"),
+            content_type_of_key("e4.thumbnail(w=1).q80.jpeg"),
             "image/jpeg"
         );
         assert_eq!(
-            content_type_of_key("e3.thumbnail(w=1).q80.avif"),
+            content_type_of_key("e4.thumbnail(w=1).q80.avif"),
             "image/avif"
         );
         assert_eq!(
-            content_type_of_key("e3.ascii(width=100,invert=false).txt"),
+            content_type_of_key("e4.ascii(width=100,invert=false).txt"),
             "text/plain; charset=utf-8"
         );
         assert_eq!(
-            content_type_of_key("e3.ascii(color=html).html"),
+            content_type_of_key("e4.ascii(color=html).html"),
             "text/html; charset=utf-8"
         );
     }

@@ -335,9 +335,10 @@ impl Settings {
     /// The number of transform jobs allowed to run at once.
     pub fn effective_workers(&self) -> usize {
         match self.transform_workers {
-            // One more than the cores: between one job's end and the next one's start
-            // (thread handoffs through the async runtime) a core would otherwise idle;
-            // measured +5-10% uncached thumbnails a second on 2 cores.
+            // One more than the cores: measured +5-10% uncached thumbnails a second on
+            // 2 cores when jobs waited on a semaphore, the same as one per core since
+            // they are pulled from a queue (DECISIONS, "CPU work off the runtime,
+            // bounded").
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             n => n,
         }

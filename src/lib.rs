@@ -35,6 +35,7 @@
 //! - `hugepages`: the global allocator (Linux): large buffers in 2 MiB pages.
 //! - [`budget`]: the memory budget uploads and transforms reserve from before holding bytes.
 //! - [`buffers`]: upload buffers kept for reuse, so uploads land in memory already mapped.
+//! - [`workers`]: the threads transform jobs run on, taking them from one queue.
 //! - [`cores`]: affinity masks, for the pinned serving threads and the core each
 //!   transform job holds while it runs.
 //! - [`error`]: the one error type, whose kind decides the HTTP status and JSON code.
@@ -56,6 +57,7 @@ pub mod migrate;
 pub mod service;
 pub mod signing;
 pub mod store;
+pub mod workers;
 
 pub use config::Settings;
 pub use error::{Error, ErrorKind};

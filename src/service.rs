@@ -6,14 +6,13 @@
 //!   comes first so that a sidecar never points at nothing.
 //! - Fetch: originals and cached transforms stream straight from the store.
 //! - Transform: the cache key is looked up first; on a miss, concurrent requests for
-//!   the same key share one computation (single-flight), which runs on the blocking
-//!   pool behind a semaphore so CPU work can never starve cache hits. Across instances
+//!   the same key share one computation (single-flight), which runs on one of a
+//!   fixed set of worker threads (`workers`) so CPU work can never starve cache hits. Across instances
 //!   sharing the store, a lease object picks the one that computes; the others poll
 //!   the store for its result.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +21,9 @@ use futures::stream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use sha1::{Digest, Sha1};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 
-use crate::budget::{MemoryBudget, Reservation, Waiting};
+use crate::budget::{MemoryBudget, Reservation};
 use crate::buffers::BufferPool;
 use crate::config::Settings;
 use crate::cores::CoreSlots;
@@ -33,6 +32,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{HotCache, Source};
 use crate::metrics::{Load, Metrics};
 use crate::store::{ImageId, Lease, ObjectStream, Put, Sidecar, Store, StoredSidecar};
+use crate::workers::Workers;
 
 /// Where a transform response came from, reported to clients in `X-Cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,11 +266,7 @@ pub const MAX_SCAN: usize = 5000;
 pub struct Service {
     store: Store,
     engine: Engine,
-    workers: Arc<Semaphore>,
-    worker_count: usize,
-    /// Transform jobs waiting for a worker, and how many may.
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    workers: Workers,
     in_flight: Mutex<HashMap<Path, Flight>>,
     lease_ttl: Duration,
     lease_after: Duration,
@@ -290,14 +286,15 @@ impl Service {
     /// Fails when the settings' presets do not parse.
     pub fn new(settings: &Settings, store: Store) -> Result<Self> {
         let presets = Presets::new(&settings.presets)?;
-        let workers = settings.effective_workers();
+        let workers = Workers::new(
+            settings.effective_workers(),
+            settings.limits.max_queued_transforms,
+        )
+        .map_err(|err| Error::internal(format!("could not start the transform workers: {err}")))?;
         Ok(Self {
             store,
             engine: Engine::new(settings.limits.clone(), presets),
-            workers: Arc::new(Semaphore::new(workers)),
-            worker_count: workers,
-            waiting: AtomicUsize::new(0),
-            max_waiting: settings.limits.max_queued_transforms,
+            workers,
             in_flight: Mutex::new(HashMap::new()),
             lease_ttl: Duration::from_secs(settings.transform_lease_secs),
             lease_after: Duration::from_millis(settings.transform_lease_after_ms),
@@ -333,8 +330,8 @@ impl Service {
             hot_cache_bytes: self.hot.held_bytes(),
             memory_reserved_bytes: self.memory.reserved(),
             memory_waiting: self.memory.waiting() as u64,
-            transforms_running: (self.worker_count - self.workers.available_permits()) as u64,
-            transforms_waiting: self.waiting.load(Ordering::SeqCst) as u64,
+            transforms_running: self.workers.running() as u64,
+            transforms_waiting: self.workers.waiting() as u64,
         });
         self.metrics.render()
     }
@@ -912,36 +909,20 @@ impl Service {
             })
     }
 
-    /// Runs CPU-bound work on the blocking pool, at most `transform_workers` at once
-    /// and at most `max_queued_transforms` waiting; beyond that, 429.
+    /// Runs CPU-bound work on a transform worker (see [`crate::workers`]), pinned to
+    /// a core of its own while there is one; beyond `max_queued_transforms` waiting,
+    /// 429.
     async fn run_worker<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let permit = match Arc::clone(&self.workers).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = Waiting::enter(&self.waiting);
-                if self.waiting.load(Ordering::SeqCst) > self.max_waiting {
-                    return Err(Error::new(
-                        ErrorKind::TooManyRequests,
-                        "too_many_requests",
-                        "the transform queue is full; retry in a moment",
-                    ));
-                }
-                Arc::clone(&self.workers)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::internal("the worker pool is closed"))?
-            }
-        };
         let cores = self.cores.clone();
-        run_blocking(move || {
-            let _permit = permit;
-            let _core = cores.as_ref().and_then(CoreSlots::take);
-            work()
-        })
-        .await
+        self.workers
+            .run(move || {
+                let _core = cores.as_ref().and_then(CoreSlots::take);
+                work()
+            })
+            .await
     }
 
     async fn stream(&self, path: &Path, range: Option<ByteRange>) -> Result<Option<ObjectStream>> {

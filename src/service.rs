@@ -7,9 +7,9 @@
 //! - Fetch: originals and cached transforms stream straight from the store.
 //! - Transform: the cache key is looked up first; on a miss, concurrent requests for
 //!   the same key share one computation (single-flight), which runs on one of a
-//!   fixed set of worker threads (`workers`) so CPU work can never starve cache hits. Across instances
-//!   sharing the store, a lease object picks the one that computes; the others poll
-//!   the store for its result.
+//!   fixed set of worker threads (`workers`) so CPU work can never starve cache hits.
+//!   Across instances sharing the store, a lease object picks the one that computes;
+//!   the others poll the store for its result.
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -208,9 +208,9 @@ fn run_serve(args: Serve) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // One single-threaded runtime per core, pinned there, each serving the connections
     // that arrive on its core (see `progimage::http::steer`; DECISIONS, "One runtime per
-    // core"). CPU work still goes to the blocking pools, whose threads may run on any
-    // core, behind the shared transform permits; a transform job holds a core of its
-    // own while it runs (`progimage::cores`).
+    // core"). Transform jobs run on the shared worker threads (`progimage::workers`),
+    // each holding a core of its own while it runs (`progimage::cores`); probes and
+    // store reads go to the runtimes' blocking pools.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let usable = CpuSet::current().ok();
     // Pinned only with a runtime for every usable core: under a CPU quota smaller than

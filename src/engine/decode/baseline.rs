@@ -18,9 +18,9 @@
 //! table lookup usually decodes, and steps over the rest as it does for luma. The
 //! chroma is then libjpeg's where a block has no other coefficients, and on a photo
 //! within two levels of it, 0.4 on average (DECISIONS, "4:2:0 chroma from two
-//! coefficients"); luma is libjpeg's always. Only the common layouts take this path: 8-bit Huffman
-//! baseline in one interleaved scan, gray or YCbCr with chroma at full or half
-//! resolution. Anything else, and anything unexpected in the data (an invalid code, a
+//! coefficients"); luma is libjpeg's always. Only the common layouts take this path:
+//! 8-bit Huffman baseline in one interleaved scan, gray or YCbCr with chroma at full or
+//! half resolution. Anything else, and anything unexpected in the data (an invalid code, a
 //! missing restart marker, a scan that stops early), returns `None`, and libjpeg
 //! decodes the file and owns the error reporting.
 
@@ -622,7 +622,7 @@ impl DcTable {
 }
 
 /// AC codes, looked up by the next 12 bits.
-#[derive(Clone)]
+#[cfg_attr(test, derive(Clone))]
 struct AcTable {
     /// As many whole symbols as the lookahead holds, for skipping them: their bits
     /// (0-4; bit 5 is clear so that a shift by the whole entry, which the CPU masks

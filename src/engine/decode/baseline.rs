@@ -770,18 +770,19 @@ impl<'a> Bits<'a> {
         }
     }
 
-    /// Tops the register up to at least 56 bits: eight bytes at once when none of
-    /// them is 0xFF (the common case), byte by byte otherwise.
+    /// Tops the register up to at least 56 bits: in one load when no 0xFF is among
+    /// the bytes it takes or the one after (the common case), out of line otherwise.
     #[inline]
     fn refill(&mut self) {
         let word = self
             .data
             .get(self.position..self.position + 8)
             .and_then(|w| <[u8; 8]>::try_from(w).ok());
-        match word.map(u64::from_be_bytes) {
-            Some(word) if !has_ff_byte(word) => {
-                self.bits |= word >> self.count;
-                self.position += ((63 - self.count) >> 3) as usize;
+        let take = (63 - self.count) >> 3;
+        match word {
+            Some(word) if bytes_before_ff(word) > take => {
+                self.bits |= u64::from_be_bytes(word) >> self.count;
+                self.position += take as usize;
                 self.count |= 56;
             }
             _ => *self = self.refill_bytewise(),
@@ -791,9 +792,31 @@ impl<'a> Bits<'a> {
     /// The out-of-line paths take and return the reader by value: given `&mut self`,
     /// the reader would have to live in memory, and every symbol of the hot loops
     /// would wait on a store and a load (a third of the decode, measured).
+    ///
+    /// Bytes before the next 0xFF are loaded together, and zeros past a marker are
+    /// fed all at once: a camera photo with a restart marker every few MCUs meets a
+    /// 0xFF every 130 bytes, and went byte by byte for 7% of its thumbnail.
     #[cold]
     fn refill_bytewise(mut self) -> Self {
         while self.count <= 56 {
+            let room = (64 - self.count) / 8;
+            if self.marker.is_some() {
+                self.padding += 8 * room;
+                self.count += 8 * room;
+                break;
+            }
+            let word = self.data.get(self.position..self.position + 8);
+            if let Some(word) = word.and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+                let take = bytes_before_ff(word).min(room);
+                if take > 0 {
+                    let loaded =
+                        u64::from_be_bytes(word) & !(u64::MAX.checked_shr(8 * take).unwrap_or(0));
+                    self.bits |= loaded >> self.count;
+                    self.position += take as usize;
+                    self.count += 8 * take;
+                    continue;
+                }
+            }
             let byte = self.next_byte();
             self.bits |= u64::from(byte) << (56 - self.count);
             self.count += 8;
@@ -1010,10 +1033,13 @@ fn extend(value: i32, size: u32) -> i32 {
     }
 }
 
-/// Whether any byte of `word` is 0xFF (a zero byte of its complement).
-fn has_ff_byte(word: u64) -> bool {
-    let inverted = !word;
-    inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080 != 0
+/// How many of `word`'s bytes come before its first 0xFF: 8 when it has none.
+fn bytes_before_ff(word: [u8; 8]) -> u32 {
+    // Read little-endian, the first byte is the lowest, and the lowest zero byte of
+    // the complement is found exactly (borrows only make false hits above it).
+    let inverted = !u64::from_le_bytes(word);
+    let hits = inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080;
+    hits.trailing_zeros() / 8
 }
 
 #[cfg(test)]
@@ -1152,6 +1178,25 @@ pub(super) mod tests {
         let restarts = fixture("baseline-restart-420.jpg");
         assert_luma_same_as_libjpeg(&restarts, 0.5, "restarts, 4:2:0");
         assert_same_as_libjpeg(&fixture("baseline-restart-gray.jpg"), "restarts, gray");
+    }
+
+    #[test]
+    fn the_first_ff_byte_is_found_exactly() {
+        // 0xFE after a 0xFF is where the zero-byte trick's borrow makes a false hit.
+        for fill in [0x00, 0x01, 0x7F, 0x80, 0xFE] {
+            assert_eq!(bytes_before_ff([fill; 8]), 8, "no 0xFF among {fill:#x}");
+            for at in 0..8 {
+                let mut word = [fill; 8];
+                word[at] = 0xFF;
+                assert_eq!(
+                    bytes_before_ff(word),
+                    at as u32,
+                    "{fill:#x} with 0xFF at {at}"
+                );
+                word[7] = 0xFF;
+                assert_eq!(bytes_before_ff(word), at as u32, "and at 7 too");
+            }
+        }
     }
 
     #[test]

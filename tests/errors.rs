@@ -202,6 +202,27 @@ async fn truncated_corrupt_and_zero_sized_images_are_422(backend: Backend) {
             assert_eq!(body["error"]["code"], "undecodable_image", "{name}: {body}");
         }
     }
+    // A JPEG that stops right after its scan, before the EOI marker. A render at 1/8
+    // scale skips the walk, as its decoder reads the scan itself: that decoder must
+    // refuse a scan that does not end at EOI. The whole file renders.
+    let large = jpeg(2400, 1600);
+    let thumbnail = "/on_demand/thumbnail/?w=300";
+    let rendered = server
+        .post_raw(thumbnail, "image/jpeg", large.clone())
+        .await;
+    assert_eq!(rendered.status(), StatusCode::OK);
+    let rendered = image::load_from_memory(&rendered.bytes().await.unwrap()).unwrap();
+    assert_eq!((rendered.width(), rendered.height()), (300, 200));
+    for path in ["/", thumbnail] {
+        let cut = large[..large.len() - 2].to_vec();
+        let message = expect_error(
+            server.post_raw(path, "image/jpeg", cut).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable_image",
+        )
+        .await;
+        assert!(message.contains("truncated"), "{path}: {message}");
+    }
     // Each format's structure is walked at upload: a file cut short in transfer is
     // refused before it is stored, not on its first transform.
     let picture = DynamicImage::ImageRgba8(halves(64, 48).to_rgba8());

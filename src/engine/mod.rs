@@ -290,7 +290,7 @@ impl Engine {
 
     /// Runs `spec` on encoded `bytes`: probe, decode upright, transform, encode.
     pub fn render(&self, bytes: &[u8], spec: &TransformSpec) -> Result<Rendered> {
-        let probe = self.probe(bytes)?;
+        let probe = probe::probe_header(bytes, &self.limits)?;
         if let OutputFormat::Image(format) = spec.output_format(probe.format) {
             // A still source with `animated=true` is simply rendered as a still.
             if spec.output.animated
@@ -300,6 +300,7 @@ impl Engine {
                 // Every frame has the canvas size the header gives.
                 spec.pipeline
                     .plan((probe.width, probe.height), self.limits.max_output_pixels)?;
+                probe::require_whole(probe.format, bytes)?;
                 let bytes = animation::render(
                     bytes,
                     probe.format,

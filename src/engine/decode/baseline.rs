@@ -28,8 +28,11 @@ use std::rc::Rc;
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
+use crate::engine::probe::complete::next_marker;
+
 /// Decodes a baseline gray or YCbCr JPEG at 1/8 scale (each side rounded up), or
-/// `None` when the layout is not one this path handles or the data is not clean.
+/// `None` when the layout is not one this path handles, the data is not clean, or the
+/// scan does not end at EOI (a file cut short after its scan).
 pub fn decode_dc(bytes: &[u8]) -> Option<DynamicImage> {
     let frame = Frame::parse(bytes)?;
     let planes = frame.decode_planes(bytes)?;
@@ -218,7 +221,10 @@ impl Frame {
                 }
             }
         }
-        bits.clean_end().then_some(planes)
+        // Only a scan that ends at EOI proves the file whole (see `jpeg::decode`).
+        let ends_at_eoi =
+            next_marker(bytes, bits.resume_at()).is_some_and(|at| bytes.get(at + 1) == Some(&0xD9));
+        (bits.clean_end() && ends_at_eoi).then_some(planes)
     }
 
     fn to_image(&self, planes: &[Plane]) -> DynamicImage {
@@ -1313,10 +1319,14 @@ pub(super) mod tests {
         for name in ["baseline-restart-420.jpg", "baseline-restart-gray.jpg"] {
             let bytes = fixture(name);
             let scan_start = Frame::parse(&bytes).unwrap().scan_start;
-            // Up to a few bytes before the end: the last byte may be only padding.
-            for cut in (scan_start..bytes.len() - 4).step_by(37) {
+            // Right up to the EOI marker, which alone proves the file whole.
+            let cuts = (scan_start..bytes.len())
+                .step_by(37)
+                .chain([bytes.len() - 2]);
+            for cut in cuts {
                 assert!(decode_dc(&bytes[..cut]).is_none(), "{name} cut at {cut}");
             }
+            assert!(decode_dc(&bytes).is_some(), "{name} whole");
         }
     }
 

@@ -5,7 +5,7 @@ use image::DynamicImage;
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
 use super::{baseline, libjpeg, progressive, upright, SHRINK_MARGIN};
-use crate::engine::color;
+use crate::engine::{color, probe, Format};
 use crate::error::{Error, Result};
 
 pub fn decode(
@@ -57,9 +57,19 @@ fn decode_unguarded(
     decompress.scale(scale);
     // At 1/8 scale only DC coefficients matter: a progressive JPEG stops after its DC
     // scans (progressive.rs), a baseline one steps over its AC coefficients (baseline.rs).
-    let dc_only = match scale {
-        1 if progressive::is_progressive(bytes) => progressive::decode_dc(bytes)?,
-        1 => baseline::decode_dc(bytes),
+    // The baseline path succeeds only on a scan that runs cleanly into EOI, which
+    // proves the file whole; every other path has the walk prove it first.
+    let progressive = progressive::is_progressive(bytes);
+    let baseline = match (scale, progressive) {
+        (1, false) => baseline::decode_dc(bytes),
+        _ => None,
+    };
+    if baseline.is_none() {
+        probe::require_whole(Format::Jpeg, bytes)?;
+    }
+    let dc_only = match (baseline, scale, progressive) {
+        (Some(image), _, _) => Some(image),
+        (None, 1, true) => progressive::decode_dc(bytes)?,
         _ => None,
     };
     // CMYK goes through its profile on the way to RGB; the rest is converted after.

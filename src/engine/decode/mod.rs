@@ -1,6 +1,8 @@
 //! Decoding: encoded bytes to upright sRGB pixels, within limits, no larger than needed.
 //!
-//! Runs only after `engine::probe` has accepted the header. Before any pixel
+//! Runs only after `engine::probe` has accepted the header, and decodes only whole
+//! files: each is walked first (`probe::require_whole`), except where the JPEG
+//! decoder proves it by reading the scan to its end. Before any pixel
 //! is decoded, the caller's `plan` sees the upright size: it checks the output limits
 //! and says how small the decoder may go. JPEGs are decoded by mozjpeg
 //! (libjpeg-turbo's SIMD code), which can scale by 1/2, 1/4 or 1/8 inside the inverse
@@ -25,7 +27,7 @@ mod progressive;
 mod webp;
 
 use crate::config::Limits;
-use crate::engine::{color, Format, Probe};
+use crate::engine::{color, probe, Format, Probe};
 use crate::error::{Error, Result};
 
 /// Bytes per pixel of the widest layout a decoder may produce (RGBA, 16 bits each).
@@ -112,6 +114,9 @@ pub fn decode(
 ) -> Result<DynamicImage> {
     match probe.format {
         Format::Jpeg => return jpeg::decode(bytes, plan),
+        format => probe::require_whole(format, bytes)?,
+    }
+    match probe.format {
         Format::WebP if !webp::is_animated(bytes) => return webp::decode(bytes, plan),
         #[cfg(libavif)]
         Format::Avif => return avif::decode(bytes, limits, plan),

@@ -5,8 +5,12 @@
                   [--repeat 3] [--write BENCHMARKS.md]
 
 bench/http.sh installs the peers and wrk and builds progimage in release mode, then
-runs this. Every row starts its server afresh (so peak RSS is that row's), warms it
-with a few requests, and drives it with wrk for --duration seconds:
+runs this. Every run starts its server afresh (so peak RSS is that run's), warms it
+with a few requests, and drives it with wrk for --duration seconds. A 10 s run moves
+by 10-25% from one run to the next here (which core each client thread connects
+from, the host's other tenants, which drift over minutes), so each row is run
+--repeat times, the servers of a row taking turns; the table shows the run with the
+median requests/s, and every run's figure is printed with the targets.
 
 1. Uncached 300 px thumbnails of the 2560x1600 photo and of the 10 MP camera photo.
    progimage gets a new cache key on every request (`bg=` is a cache-key option that
@@ -15,11 +19,7 @@ with a few requests, and drives it with wrk for --duration seconds:
    (file loader, no storage, no result storage, 2 processes, one per core) and ipx
    (sharp) keep no results, so they compute every request anyway.
 2. Cached transform GETs: progimage serving a stored thumbnail, nginx serving the same
-   bytes from a file. A 10 s run of these moves by 10-25% from one run to the next
-   here (which core each client thread connects from, the host's other tenants), so
-   each row is run --repeat times, progimage and nginx alternating, each run on a
-   fresh server; the table shows the run with the median requests/s, and every run's
-   figure is printed below the targets.
+   bytes from a file.
 3. Uploads of distinct 1-10 MB photos (raw bodies, each with distinct trailing bytes),
    with the CPU the server spent per megabyte, against `sha1sum` plus `cp` of the same
    files measured here too.
@@ -40,6 +40,7 @@ BENCHMARKS.md. Needs only the standard library, wrk, nginx, and the peers under
 
 import argparse
 import datetime
+import functools
 import glob
 import json
 import os
@@ -303,9 +304,26 @@ def warm(url, times=4):
     return body
 
 
-def uncached(args, workdir, images, photo):
+def alternating(args, servers):
+    """Runs each of `servers` (name: a function that starts that server and measures one
+    row) --repeat times, taking turns, so that the host's drift over the minutes of a
+    section falls on every server alike. Returns (name, row) pairs: each server's run
+    with the median req/s, carrying every run's req/s in order."""
+    runs = {name: [] for name in servers}
+    for _ in range(args.repeat):
+        for name, run in servers.items():
+            runs[name].append(run())
     rows = []
-    for connections in args.connections:
+    for name, results in runs.items():
+        ranked = sorted(results, key=lambda result: result["rps"])
+        median = dict(ranked[len(ranked) // 2])
+        median["runs_rps"] = [result["rps"] for result in results]
+        rows.append((name, median))
+    return rows
+
+
+def uncached(args, workdir, images, photo):
+    def progimage(connections):
         with Progimage(workdir, args.binary) as server:
             image_id = server.upload(os.path.join(images, photo))
             warm(f"{server.base}/images/{image_id}/thumbnail/?w=300&q=81")
@@ -318,42 +336,54 @@ def uncached(args, workdir, images, photo):
             if hits or misses < row["requests"]:
                 sys.exit(f"progimage uncached run was not all misses: {misses} misses, {hits} hits, "
                          f"{row['requests']} requests")
-            rows.append(("progimage", connections, row))
+            return row
+
+    def thumbor(connections):
         with Thumbor(workdir, args.peers, images) as server:
             path = f"/unsafe/300x0/{photo}"
             warm(server.base + path)
-            rows.append(("thumbor", connections, measure(server, connections, args.duration, "get", path)))
+            return measure(server, connections, args.duration, "get", path)
+
+    def ipx(connections):
         with Ipx(workdir, args.peers, images) as server:
             path = f"/w_300,q_80/{photo}"
             warm(server.base + path)
-            rows.append(("ipx", connections, measure(server, connections, args.duration, "get", path)))
+            return measure(server, connections, args.duration, "get", path)
+
+    rows = []
+    for connections in args.connections:
+        servers = {name: functools.partial(run, connections)
+                   for name, run in (("progimage", progimage), ("thumbor", thumbor), ("ipx", ipx))}
+        rows += [(name, connections, row) for name, row in alternating(args, servers)]
     return rows
 
 
 def cached(args, workdir, images, photo):
-    rows = []
     static = tempfile.mkdtemp(prefix="static-", dir=workdir)
     for directory in (workdir, static):
         os.chmod(directory, 0o755)  # nginx's workers run as an unprivileged user
+
+    def progimage(connections, served):
+        with Progimage(workdir, args.binary) as server:
+            image_id = server.upload(os.path.join(images, photo))
+            path = f"/images/{image_id}/thumbnail/?w=300"
+            served["thumbnail"] = warm(server.base + path)
+            with open(os.path.join(static, "thumbnail.jpg"), "wb") as out:
+                out.write(served["thumbnail"])
+            return measure(server, connections, args.duration, "get", path)
+
+    def nginx(connections, served):
+        with Nginx(workdir, static) as server:
+            if warm(server.base + "/thumbnail.jpg") != served["thumbnail"]:
+                sys.exit("nginx served other bytes than progimage")
+            return measure(server, connections, args.duration, "get", "/thumbnail.jpg")
+
+    rows = []
     for connections in args.connections:
-        runs = {"progimage": [], "nginx": []}
-        for _ in range(args.repeat):
-            with Progimage(workdir, args.binary) as server:
-                image_id = server.upload(os.path.join(images, photo))
-                path = f"/images/{image_id}/thumbnail/?w=300"
-                thumbnail = warm(server.base + path)
-                with open(os.path.join(static, "thumbnail.jpg"), "wb") as out:
-                    out.write(thumbnail)
-                runs["progimage"].append(measure(server, connections, args.duration, "get", path))
-            with Nginx(workdir, static) as server:
-                if warm(server.base + "/thumbnail.jpg") != thumbnail:
-                    sys.exit("nginx served other bytes than progimage")
-                runs["nginx"].append(measure(server, connections, args.duration, "get", "/thumbnail.jpg"))
-        for name, results in runs.items():
-            ranked = sorted(results, key=lambda result: result["rps"])
-            median = dict(ranked[len(ranked) // 2])
-            median["runs_rps"] = [result["rps"] for result in results]
-            rows.append((name, connections, median))
+        served = {}  # the thumbnail progimage served, which nginx then serves from disk
+        servers = {"progimage": functools.partial(progimage, connections, served),
+                   "nginx": functools.partial(nginx, connections, served)}
+        rows += [(name, connections, row) for name, row in alternating(args, servers)]
     return rows
 
 
@@ -454,19 +484,21 @@ def targets(sections):
                 lines.append(f"- {workload}, {connections} conn: {ours['cpu_ms_per_mb']:.2f} CPU ms/MB, "
                              f"{ratio:.2f}x of sha1sum + cp of the same files ({baseline:.2f} ms/MB; target < 1) "
                              f"{'✓' if ratio < 1 else '✗'}")
-            elif "nginx" in peers:
+                continue
+            runs = "; ".join(f"{name} " + ", ".join(f"{rps:.0f}" for rps in row["runs_rps"])
+                             for name, row in (("progimage", ours), *peers.items()))
+            if "nginx" in peers:
                 ratio = ours["rps"] / peers["nginx"]["rps"]
-                runs = "; ".join(f"{name} " + ", ".join(f"{rps:.0f}" for rps in row["runs_rps"])
-                                 for name, row in (("progimage", ours), ("nginx", peers["nginx"])))
                 lines.append(f"- {workload}, {connections} conn: {ratio:.2f}x nginx's req/s (target ≥ 0.8) "
-                             f"{'✓' if ratio >= 0.8 else '✗'} (medians; every run, in order: {runs})")
+                             f"{'✓' if ratio >= 0.8 else '✗'} (medians; every run's req/s, in order: {runs})")
             else:
                 best_name, best = max(peers.items(), key=lambda item: item[1]["rps"])
                 ratio = ours["rps"] / best["rps"]
                 met = ratio >= 2 and ours["p99_us"] < best["p50_us"]
                 lines.append(f"- {workload}, {connections} conn: {ratio:.2f}x {best_name}'s req/s (target ≥ 2), "
                              f"p99 {ours['p99_us'] / 1000:.1f} ms vs its p50 {best['p50_us'] / 1000:.1f} ms "
-                             f"{'✓' if met else '✗'}{one_core_note(peers.get('thumbor'), connections)}")
+                             f"{'✓' if met else '✗'}{one_core_note(peers.get('thumbor'), connections)} "
+                             f"(medians; every run's req/s, in order: {runs})")
     return "\n".join(lines)
 
 
@@ -480,7 +512,7 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "progimage"))
     parser.add_argument("--write", help="write the table into this markdown file")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each cached row, alternating servers; the median is reported")
+                        help="runs of each thumbnail row, the servers taking turns; the median is reported")
     parser.add_argument("--workloads", default="uncached,cached,uploads",
                         help="which rows to run (a partial run is never written)")
     args = parser.parse_args()
@@ -509,8 +541,8 @@ def main():
             sections.append((f"uploads ({len(files)} photos of {sizes} MB)", uploads(args, workdir, files)))
 
     body = (f"{datetime.date.today()}, commit {report.commit()}, {report.machine()}; "
-            f"{args.duration} s per row (cached rows: the median of {args.repeat} alternating runs), "
-            f"wrk on the same machine.\n"
+            f"{args.duration} s per run; each thumbnail row is the median of {args.repeat} runs, "
+            f"the servers taking turns; wrk on the same machine.\n"
             f"Command: `bench/http.sh --duration {args.duration} --repeat {args.repeat} --write BENCHMARKS.md`\n\n"
             f"{table(sections)}\n\nTargets, as ratios within this run:\n\n{targets(sections)}\n")
     print("\n" + body)

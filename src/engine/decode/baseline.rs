@@ -24,7 +24,9 @@
 //! missing restart marker, a scan that stops early), returns `None`, and libjpeg
 //! decodes the file and owns the error reporting.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::thread::LocalKey;
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
@@ -447,9 +449,6 @@ fn parse_sos(body: &[u8], declared: &[FrameComponent], tables: &Tables) -> Optio
     if count != declared.len() || body.get(1 + 2 * count..4 + 2 * count)? != [0, 63, 0] {
         return None;
     }
-    // Tables shared by several components (Cb and Cr, usually) are built once.
-    let mut dc_tables: [Option<Rc<DcTable>>; 4] = Default::default();
-    let mut ac_tables: [Option<Rc<AcTable>>; 4] = Default::default();
     let single = declared.len() == 1;
     let four_two_zero = declared
         .first()
@@ -462,24 +461,61 @@ fn parse_sos(body: &[u8], declared: &[FrameComponent], tables: &Tables) -> Optio
             let (dc, ac) = (usize::from(tables >> 4), usize::from(tables & 15));
             let dc_codes = dc_codes.get(dc)?.as_ref()?;
             let ac_codes = ac_codes.get(ac)?.as_ref()?;
-            let dc_table = dc_tables[dc].get_or_insert_with(|| DcTable::new(dc_codes).into());
             // Only 4:2:0 chroma reads the block-start table; a table luma shares with
             // it is built again with one.
             let scale = if four_two_zero && i > 0 { 2 } else { 1 };
-            let ac_table = match &ac_tables[ac] {
-                Some(table) if scale == 1 || !table.starts.is_empty() => table,
-                _ => ac_tables[ac].insert(AcTable::new(ac_codes, scale == 2).into()),
-            };
+            let dc_table = built(&BUILT_DC_TABLES, dc_codes, false, || DcTable::new(dc_codes));
+            let ac_table = built(&BUILT_AC_TABLES, ac_codes, scale == 2, || {
+                AcTable::new(ac_codes, scale == 2)
+            });
             (scan_id == id).then_some(Component {
                 h: if single { 1 } else { h },
                 v: if single { 1 } else { v },
                 scale,
                 quantisers: (*quantisers.get(quant_table)?)?,
-                dc_table: dc_table.clone(),
-                ac_table: ac_table.clone(),
+                dc_table,
+                ac_table,
             })
         })
         .collect()
+}
+
+/// Lookup tables built lately on this thread, most recent first, with the codes (and
+/// the variant) they were built from. Building the tables of a photo's scan took 2%
+/// of its thumbnail, and tables repeat: a camera writes the same ones into every
+/// photo, one image's sizes are often rendered one after another, and Cb and Cr share
+/// theirs. Transforms run on long-lived worker threads, so the tables stay warm.
+type BuiltTables<T> = RefCell<Vec<(Codes, bool, Rc<T>)>>;
+
+/// Lookup tables kept per thread, of each kind: each AC table with its block-start
+/// table is about 40 KB.
+const BUILT_TABLES_KEPT: usize = 8;
+
+thread_local! {
+    static BUILT_DC_TABLES: BuiltTables<DcTable> = const { RefCell::new(Vec::new()) };
+    static BUILT_AC_TABLES: BuiltTables<AcTable> = const { RefCell::new(Vec::new()) };
+}
+
+/// The table for `codes` (and `variant`) from `cache`, else `build` it and keep it.
+fn built<T>(
+    cache: &'static LocalKey<BuiltTables<T>>,
+    codes: &Codes,
+    variant: bool,
+    build: impl FnOnce() -> T,
+) -> Rc<T> {
+    cache.with_borrow_mut(|kept| {
+        let found = kept.iter().position(|(kept_codes, kept_variant, _)| {
+            *kept_variant == variant && kept_codes == codes
+        });
+        let entry = match found {
+            Some(index) => kept.remove(index),
+            None => (codes.clone(), variant, Rc::new(build())),
+        };
+        let table = Rc::clone(&entry.2);
+        kept.insert(0, entry);
+        kept.truncate(BUILT_TABLES_KEPT);
+        table
+    })
 }
 
 pub(super) fn be16(bytes: &[u8]) -> Option<u16> {
@@ -548,7 +584,7 @@ fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 
 /// A Huffman table's canonical codes (JPEG Annex C), for the codes the lookup
 /// tables do not cover.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub(super) struct Codes {
     /// For each code length 1 to 16: the largest code of that length (-1: none) and
     /// what to add to a code of that length to index `values`.
@@ -1211,6 +1247,37 @@ pub(super) mod tests {
         let restarts = fixture("baseline-restart-420.jpg");
         assert_luma_same_as_libjpeg(&restarts, 0.5, "restarts, 4:2:0");
         assert_same_as_libjpeg(&fixture("baseline-restart-gray.jpg"), "restarts, gray");
+    }
+
+    #[test]
+    fn lookup_tables_are_built_once_and_kept() {
+        let photo = fixture("baseline-restart-420.jpg");
+        let (first, again) = (Frame::parse(&photo).unwrap(), Frame::parse(&photo).unwrap());
+        let same = |a: &Component, b: &Component| {
+            Rc::ptr_eq(&a.dc_table, &b.dc_table) && Rc::ptr_eq(&a.ac_table, &b.ac_table)
+        };
+        for (a, b) in first.components.iter().zip(&again.components) {
+            assert!(
+                same(a, b),
+                "a second parse of one file builds its tables again"
+            );
+        }
+        assert!(
+            same(&first.components[1], &first.components[2]),
+            "Cb and Cr share"
+        );
+        // Luma's AC table is kept apart from chroma's with block starts.
+        assert!(first.components[0].ac_table.starts.is_empty());
+        assert!(!first.components[1].ac_table.starts.is_empty());
+        // Other codes get tables of their own, which still decode as libjpeg does.
+        let noise = encode(&noisy_image(), (2, 2), 100.0);
+        let other = Frame::parse(&noise).unwrap();
+        assert!(!Rc::ptr_eq(
+            &other.components[0].ac_table,
+            &first.components[0].ac_table
+        ));
+        assert_luma_same_as_libjpeg(&noise, 1.5, "noise after the photo");
+        assert_luma_same_as_libjpeg(&photo, 0.5, "the photo after the noise");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! crop (gravity, including entropy), and resampling with fast_image_resize's SIMD
 //! convolution kernels.
 
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use std::f64::consts::PI;
+
+use fast_image_resize::{Filter, FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GenericImageView};
 
 use crate::error::{Error, Result};
@@ -100,8 +102,26 @@ pub fn algorithm(name: &str) -> ResizeAlg {
         "catmullrom" => ResizeAlg::Convolution(FilterType::CatmullRom),
         "bilinear" => ResizeAlg::Convolution(FilterType::Bilinear),
         "nearest" => ResizeAlg::Nearest,
-        _ => ResizeAlg::Convolution(FilterType::Lanczos3),
+        _ => ResizeAlg::Convolution(FilterType::Custom(
+            Filter::new("lanczos3", lanczos3, 3.0).expect("a finite, positive support"),
+        )),
     }
+}
+
+/// fast_image_resize's Lanczos3 with one sine where it takes two. Its weights are
+/// computed on every resize, and were 2.2% of a photo's thumbnail, most of it in
+/// `sin`. With s = sin(πx/3), sin(πx) = 3s - 4s³, so
+/// sinc(x)·sinc(x/3) = 3·sin(πx)·s/(πx)² = 3s²(3 - 4s²)/(πx)².
+fn lanczos3(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    if !(-3.0..3.0).contains(&x) {
+        return 0.0;
+    }
+    let s = (PI * x / 3.0).sin();
+    let squared = s * s;
+    3.0 * squared * (3.0 - 4.0 * squared) / (PI * x).powi(2)
 }
 
 /// A `w` x `h` request (either side may be absent) resolved against a source size.
@@ -331,6 +351,47 @@ fn most_detailed_window(image: &DynamicImage, window: (u32, u32)) -> (u32, u32) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanczos3_with_one_sine_is_fast_image_resizes() {
+        let sinc = |x: f64| {
+            if x == 0.0 {
+                1.0
+            } else {
+                (PI * x).sin() / (PI * x)
+            }
+        };
+        for step in -400..=400 {
+            let x = f64::from(step) / 100.0;
+            let expected = if x.abs() < 3.0 {
+                sinc(x) * sinc(x / 3.0)
+            } else {
+                0.0
+            };
+            assert!((lanczos3(x) - expected).abs() < 1e-12, "at {x}");
+        }
+        // And resamples to the same bytes, down and up, from noise.
+        let mut state = 0x2545_F491u32;
+        let noise = image::RgbImage::from_fn(331, 217, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [r, g, b, _] = state.to_le_bytes();
+            image::Rgb([r, g, b])
+        });
+        let noise = DynamicImage::ImageRgb8(noise);
+        for size in [(100, 66), (37, 217), (700, 459)] {
+            let ours = resample(&noise, None, size, algorithm("lanczos3")).unwrap();
+            let theirs = resample(
+                &noise,
+                None,
+                size,
+                ResizeAlg::Convolution(FilterType::Lanczos3),
+            )
+            .unwrap();
+            assert_eq!(ours.as_bytes(), theirs.as_bytes(), "{size:?}");
+        }
+    }
 
     fn plan(w: Option<u32>, h: Option<u32>, fit: Fit, upscale: bool, source: (u32, u32)) -> Plan {
         BoxFit {

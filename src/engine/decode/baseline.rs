@@ -1035,10 +1035,10 @@ impl<'a> Bits<'a> {
                     (*self, step) = self.skip_long_ac(table)?;
                     (bits, count) = (self.bits, self.count);
                     position += step;
-                    match position < 64 {
-                        true => continue 'refilled,
-                        false => break 'refilled,
+                    if position >= 64 {
+                        break 'refilled;
                     }
+                    continue 'refilled;
                 }
                 bits = bits.wrapping_shl(entry);
                 count -= entry & 31;

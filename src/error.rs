@@ -119,3 +119,11 @@ impl From<object_store::Error> for Error {
         Self::store_failed(err)
     }
 }
+
+/// The message a panic carried, if it was a string (as `panic!` with a message makes).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{panic_text, Error, ErrorKind, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -97,9 +97,7 @@ impl Workers {
         match answer.await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => {
-                let message = (panic.downcast_ref::<&str>().copied())
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("");
+                let message = panic_text(panic.as_ref()).unwrap_or("");
                 tracing::error!(panic = message, "image worker panicked");
                 Err(Error::undecodable("the decoder failed on this image"))
             }

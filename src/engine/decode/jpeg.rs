@@ -60,17 +60,19 @@ fn decode_unguarded(
     // The baseline path succeeds only on a scan that runs cleanly into EOI, which
     // proves the file whole; every other path has the walk prove it first.
     let progressive = progressive::is_progressive(bytes);
-    let baseline = match (scale, progressive) {
-        (1, false) => baseline::decode_dc(bytes),
-        _ => None,
+    let dc_only = match scale == 1 && !progressive {
+        true => baseline::decode_dc(bytes),
+        false => None,
     };
-    if baseline.is_none() {
-        probe::require_whole(Format::Jpeg, bytes)?;
-    }
-    let dc_only = match (baseline, scale, progressive) {
-        (Some(image), _, _) => Some(image),
-        (None, 1, true) => progressive::decode_dc(bytes)?,
-        _ => None,
+    let dc_only = match dc_only {
+        Some(image) => Some(image),
+        None => {
+            probe::require_whole(Format::Jpeg, bytes)?;
+            match scale == 1 && progressive {
+                true => progressive::decode_dc(bytes)?,
+                false => None,
+            }
+        }
     };
     // CMYK goes through its profile on the way to RGB; the rest is converted after.
     let cmyk = matches!(

@@ -48,11 +48,9 @@ pub fn unwinding<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// What libjpeg said, from the panic its error handler unwound with.
 pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "corrupt data".to_string())
+    crate::error::panic_text(payload.as_ref())
+        .unwrap_or("corrupt data")
+        .to_string()
 }
 
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg::jpeg_common_struct) {

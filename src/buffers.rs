@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::hugepages;
+
 /// Buffers smaller than this are not kept: malloc recycles them itself (only larger
 /// blocks get mappings of their own, see `tune_malloc` in main.rs), and the idle list
 /// stays short.
@@ -36,7 +38,10 @@ impl BufferPool {
     }
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest idle one
-    /// that fits, else a new one.
+    /// that fits, else a new one. A new buffer that will be kept is at least
+    /// `hugepages::THRESHOLD` long, so it is a mapping of its own, aligned to 2 MiB:
+    /// that is what lets the directory store write an upload from it straight to the
+    /// disk (see `store::direct`).
     pub fn take(&self, capacity: usize) -> Vec<u8> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let fitting = idle
@@ -47,6 +52,9 @@ impl BufferPool {
             .map(|(index, _)| index);
         match fitting {
             Some(index) => idle.swap_remove(index),
+            None if capacity >= SMALLEST_KEPT => {
+                Vec::with_capacity(capacity.max(hugepages::THRESHOLD))
+            }
             None => Vec::with_capacity(capacity),
         }
     }
@@ -108,8 +116,13 @@ mod tests {
 
     #[test]
     fn frozen_buffers_come_back_and_are_reused() {
-        let pool = Arc::new(BufferPool::new(4 * SMALLEST_KEPT));
+        let pool = Arc::new(BufferPool::new(hugepages::THRESHOLD));
         let mut buffer = pool.take(SMALLEST_KEPT);
+        assert_eq!(
+            buffer.capacity(),
+            hugepages::THRESHOLD,
+            "a mapping of its own"
+        );
         buffer.extend_from_slice(b"image bytes");
         let address = buffer.as_ptr();
         let bytes = pool.freeze(buffer);
@@ -118,7 +131,7 @@ mod tests {
         assert_eq!(pool.idle_bytes(), 0, "a clone still holds it");
         assert_eq!(clone, "image bytes");
         drop(clone);
-        assert_eq!(pool.idle_bytes(), SMALLEST_KEPT);
+        assert_eq!(pool.idle_bytes(), hugepages::THRESHOLD);
         let again = pool.take(1000);
         assert_eq!(again.as_ptr(), address, "the same memory, handed out again");
         assert!(again.is_empty());

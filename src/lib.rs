@@ -22,7 +22,8 @@
 //!   and single-flight coalescing.
 //! - [`store`]: the object layout (`<h0>/<h1>/<id>`, `<id>.meta`, `<id>.<transform
 //!   key>`), the sidecar and transform leases, as a thin layer over any object_store
-//!   backend (a directory, S3, memory).
+//!   backend (a directory, S3, memory); on a directory, originals are written around
+//!   the page cache (`store::direct`).
 //! - [`engine`]: probing, decoding (with limits and EXIF orientation), the transforms
 //!   (one file each under `engine/ops/`) and encoding. Pure: bytes in, bytes out.
 //! - [`migrate`]: `progimage migrate`, copying one store into another.

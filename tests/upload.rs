@@ -136,6 +136,72 @@ async fn uploads_in_reused_buffers_store_exactly_their_own_bytes(backend: Backen
     }
 }
 
+/// Originals of 1 MiB or more reach a directory store with `O_DIRECT` (see
+/// `store::direct`): whole on disk, and not in the page cache, where a transform,
+/// written the ordinary way, is.
+#[tokio::test]
+async fn large_originals_are_written_to_a_directory_around_the_page_cache() {
+    let (server, dir) = server_with_dir(Backend::Filesystem).await;
+    let root = dir.unwrap();
+    let mut id = String::new();
+    for (width, height) in [(700, 600), (1000, 900)] {
+        let bytes = noise_png(width, height);
+        assert!(bytes.len() > 1 << 20, "large enough to be written directly");
+        let response = server.post_raw("/", "image/png", bytes.clone()).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        id = sha1_hex(&bytes);
+        let original = root.path().join(blob_key(&id));
+        let cached = pages_in_page_cache(&original);
+        assert!(
+            cached <= 1,
+            "{cached} pages of the original in the page cache"
+        );
+        assert_eq!(std::fs::read(&original).unwrap(), bytes, "{width}x{height}");
+    }
+    let thumbnail = server.get(&format!("/images/{id}/thumbnail/")).await;
+    assert_eq!(thumbnail.status(), StatusCode::OK);
+    let derived = files_on_disk(root.path())
+        .into_iter()
+        .find(|key| key.starts_with(&format!("{}.", blob_key(&id))) && !key.ends_with(".meta"))
+        .expect("the thumbnail is stored");
+    let path = root.path().join(derived);
+    let pages = std::fs::metadata(&path)
+        .unwrap()
+        .len()
+        .div_ceil(page_size());
+    assert_eq!(pages_in_page_cache(&path) as u64, pages);
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+/// How many of the file's pages are in the page cache (`mincore` of a mapping of it,
+/// which does not read it).
+fn pages_in_page_cache(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let mut resident = vec![0u8; len.div_ceil(page_size() as usize)];
+    // SAFETY: a read-only shared mapping of a file we hold open, of its length,
+    // unmapped before return; mincore writes one byte a page into `resident`.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+    }
+    resident.iter().filter(|&&page| page & 1 == 1).count()
+}
+
 async fn duplicate_upload_is_200_with_the_same_answer_and_writes_nothing(backend: Backend) {
     let (server, dir) = server_with_dir(backend).await;
     let bytes = jpeg(64, 48);

@@ -10,6 +10,7 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
+use super::direct::DirectFiles;
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
@@ -17,7 +18,8 @@ use crate::error::{Error, Result};
 pub struct Backend {
     pub objects: Arc<dyn ObjectStore>,
     /// The same objects, written so that a completed put survives a power cut: the
-    /// filesystem backend syncs the file and its directory before answering; object
+    /// filesystem backend syncs the file and its directory before answering (and writes
+    /// large ones around the page cache, see `direct`); object
     /// stores are durable when they acknowledge, so there it is `objects` again.
     pub durable: Arc<dyn ObjectStore>,
     /// Objects above this many bytes are written with a multipart upload.
@@ -55,7 +57,7 @@ impl Backend {
         };
         Ok(Self::whole_puts(
             Arc::new(local()?),
-            Arc::new(local()?.with_fsync(true)),
+            Arc::new(DirectFiles::new(local()?.with_fsync(true))),
         ))
     }
 

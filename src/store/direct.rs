@@ -67,18 +67,24 @@ impl DirectFiles {
     /// of at least [`SMALLEST_DIRECT`] bytes, every chunk starting on a block boundary
     /// and all but the last a whole number of blocks long.
     fn direct_chunks(&self, payload: &PutPayload, opts: &PutOptions) -> Option<Vec<Bytes>> {
-        let chunks: Vec<Bytes> = payload.iter().cloned().collect();
-        let (last, whole) = chunks.split_last()?;
-        let eligible = self.direct.load(Ordering::Relaxed)
+        let wanted = self.direct.load(Ordering::Relaxed)
             && matches!(opts.mode, PutMode::Create)
             && opts.attributes.is_empty()
-            && payload.content_length() >= SMALLEST_DIRECT
-            && chunks
-                .iter()
-                .all(|chunk| (chunk.as_ptr() as usize).is_multiple_of(BLOCK))
-            && whole.iter().all(|chunk| chunk.len().is_multiple_of(BLOCK))
-            && !last.is_empty();
-        eligible.then_some(chunks)
+            && payload.content_length() >= SMALLEST_DIRECT;
+        if !wanted {
+            return None;
+        }
+        let chunks: Vec<Bytes> = payload
+            .iter()
+            .filter(|chunk| !chunk.is_empty())
+            .cloned()
+            .collect();
+        let (_, whole) = chunks.split_last()?;
+        let aligned = chunks
+            .iter()
+            .all(|chunk| (chunk.as_ptr() as usize).is_multiple_of(BLOCK))
+            && whole.iter().all(|chunk| chunk.len().is_multiple_of(BLOCK));
+        aligned.then_some(chunks)
     }
 }
 

@@ -29,9 +29,10 @@ Memory on these machines is a virtual machine's, and the hypervisor takes back t
 pages the guest has left free for a while (virtio-balloon free page reporting):
 touching one again costs a fault on the host. Writing a new 1 GB file took 0.7 ms of
 CPU per MB right after 8 GiB had been touched and freed, 1.0 after 5 s, 3.1 after
-20 s, on the 2-core sandbox. An upload stores new bytes in the page cache, so both
-the server's row and its `sha1sum` + `cp` baseline pay this; each starts after the
-same pause (SETTLE_SECONDS), from memory handed back to the host, so neither is
+20 s, on the 2-core sandbox. `cp` stores new bytes in the page cache and pays this;
+the server writes originals of 1 MiB or more around it (DECISIONS, "Originals written
+around the page cache") but its sidecars and short tails through it. Each starts after
+the same pause (SETTLE_SECONDS), from memory handed back to the host, so neither is
 flattered by pages the other just freed.
 
 Prints one markdown table and the targets as ratios; --write puts both into

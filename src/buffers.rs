@@ -39,9 +39,9 @@ impl BufferPool {
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest idle one
     /// that fits, else a new one. A new buffer that will be kept is at least
-    /// `hugepages::THRESHOLD` long, so it is a mapping of its own, aligned to 2 MiB:
-    /// that is what lets the directory store write an upload from it straight to the
-    /// disk (see `store::direct`).
+    /// `hugepages::THRESHOLD` long, so that the binary's allocator gives it a mapping
+    /// of its own, aligned to 2 MiB: that is what lets the directory store write an
+    /// upload from it straight to the disk (see `store::direct`).
     pub fn take(&self, capacity: usize) -> Vec<u8> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let fitting = idle

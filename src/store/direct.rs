@@ -224,12 +224,9 @@ impl ObjectStore for DirectFiles {
     ) -> Result<PutResult> {
         if let Some(chunks) = self.direct_chunks(&payload, &opts) {
             let dest = self.files.path_to_filesystem(location)?;
-            let put = tokio::task::spawn_blocking(move || put_direct(&dest, &chunks));
-            let outcome = put.await.map_err(|err| io::Error::other(err.to_string()));
-            match outcome
-                .and_then(|put| put)
-                .map_err(|err| generic(location, err))?
-            {
+            let put = tokio::task::spawn_blocking(move || put_direct(&dest, &chunks)).await;
+            let direct = put.unwrap_or_else(|panicked| Err(io::Error::other(panicked)));
+            match direct.map_err(|err| generic(location, err))? {
                 Direct::Created => {
                     return Ok(PutResult {
                         e_tag: None,
@@ -243,7 +240,13 @@ impl ObjectStore for DirectFiles {
                         source: "the object exists".into(),
                     })
                 }
-                Direct::Refused => self.direct.store(false, Ordering::Relaxed),
+                Direct::Refused => {
+                    self.direct.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        store = %self.files,
+                        "the filesystem refused O_DIRECT: originals go through the page cache"
+                    );
+                }
             }
         }
         self.files.put_opts(location, payload, opts).await

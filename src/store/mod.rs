@@ -372,7 +372,9 @@ impl Store {
 /// that returns free memory to its host come from memory the host has taken back:
 /// writing a 10 MB upload in one call cost 2.5 ms of CPU per MB here, in 256 KiB
 /// writes 0.2 (DECISIONS, "Uploads written in slices"). Object stores concatenate the
-/// slices, so this only changes how the bytes are handed over.
+/// slices, so this only changes how the bytes are handed over; a directory store
+/// writing an original around the page cache takes them in one vectored write (see
+/// `direct`), where no folios are built.
 const WRITE_SLICE: usize = 256 * 1024;
 
 /// `bytes` as consecutive slices of at most `size` bytes (no copies).

@@ -22,15 +22,15 @@ use progimage::store::Store;
 use progimage::Settings;
 
 pub use progimage::engine::ENGINE_VERSION;
+use sha1::{Digest, Sha1};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// The allocator the binary runs with, so the server in these tests holds its
 /// buffers as it does in production (see `hugepages`, `buffers`).
 #[global_allocator]
 static ALLOCATOR: progimage::hugepages::HugePages = progimage::hugepages::HugePages;
-use sha1::{Digest, Sha1};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// Runs each listed test, an `async fn(Backend)`, once per store backend, as
 /// `filesystem::<name>`, `memory::<name>` and `s3::<name>`.

@@ -54,6 +54,12 @@ const SKIPS_PER_REFILL: u32 = 3;
 /// The most bits one skip-table entry may take, so that three fit in one refill.
 /// Longer (a short code with a large value) is rare and takes the slow path.
 const LONGEST_SKIP: u32 = 56 / SKIPS_PER_REFILL;
+/// How far an end of block steps in a skip-table entry: past any position a block's
+/// symbols can reach, and short of where symbols that ran on past the block can.
+const END_OF_BLOCK_STEP: u32 = 160;
+/// The skip-table entry for bits that start no symbol it can skip: no bits, and a
+/// step that no block ends at.
+const MISSING_SKIP: u16 = 255 << 8;
 
 /// What the headers before the first scan say, for the layouts this path handles.
 struct Frame {
@@ -694,12 +700,15 @@ impl DcTable {
 #[cfg_attr(test, derive(Clone))]
 struct AcTable {
     /// As many whole symbols as the lookahead holds, for skipping them: their bits
-    /// (0-4; bit 5 is clear so that a shift by the whole entry, which the CPU masks
-    /// to its low 6 bits, is a shift by the bits), the coefficients they step together
-    /// (6-12) and those stepped before the last one starts (13-19), to tell when they
-    /// would run past the block. When not even one symbol fits, the first one's bits
-    /// and step, if they are at most [`LONGEST_SKIP`]; else 0.
-    runs: Vec<u32>,
+    /// (bits 0-5, so that a shift by the whole entry, which the CPU masks to its low
+    /// 6 bits, is a shift by the bits) and the coefficients they step together (8-15,
+    /// taken with one shift), an end of block counting [`END_OF_BLOCK_STEP`]. When not
+    /// even one symbol fits, the first one's bits and step, if they are at most
+    /// [`LONGEST_SKIP`]; else [`MISSING_SKIP`]. Two bytes an entry, so that the
+    /// tables of luma and chroma (8 KiB each) stay in L1 beside the DC ones; an array,
+    /// so that no lookup is bounds-checked. See [`ends_block`] for how a position past
+    /// 63 tells a block's end from symbols that ran on into the next block.
+    runs: Box<[u16; 1 << AC_LOOKUP_BITS]>,
     /// A block's first symbols, for 4:2:0 chroma: as many as the lookahead holds, from
     /// position 1 (bits 0-4 the bits they take, 5-11 the position they reach) with the
     /// coefficients at zigzag positions 1 and 2 (bits 12-21 and 22-31, signed); 0
@@ -727,29 +736,39 @@ impl AcTable {
     }
 
     /// The skip table (`runs`) from the one-symbol entries.
-    fn skip_runs(symbols: &[u16]) -> Vec<u32> {
+    fn skip_runs(symbols: &[u16]) -> Box<[u16; 1 << AC_LOOKUP_BITS]> {
         let mask = (1 << AC_LOOKUP_BITS) - 1;
-        (0..1u32 << AC_LOOKUP_BITS)
-            .map(|index| {
-                let (mut used, mut step, mut before_last) = (0, 0, 0);
-                // The bits past `used` are zeros here, so a symbol only counts if all
-                // of it lies within the lookahead.
-                while step < 64 {
-                    let entry = u32::from(symbols[((index << used) & mask) as usize]);
-                    let (total, this_step) = (entry & 31, entry >> 5 & 127);
-                    if entry == 0 || used + total > AC_LOOKUP_BITS {
-                        if used == 0 && entry >> 12 <= AC_LOOKUP_BITS && total <= LONGEST_SKIP {
-                            return total | this_step << 6; // one long symbol
-                        }
-                        break;
+        let skip = |used: u32, step: u32| (used | step << 8) as u16;
+        let runs = (0..1u32 << AC_LOOKUP_BITS).map(|index| {
+            let (mut used, mut step) = (0, 0);
+            // The bits past `used` are zeros here, so a symbol only counts if all of
+            // it lies within the lookahead. An entry ends at the symbol whose steps
+            // reach 64, an end of block always.
+            while step < 64 {
+                let entry = u32::from(symbols[((index << used) & mask) as usize]);
+                let (total, this_step) = (entry & 31, entry >> 5 & 127);
+                let this_step = match this_step {
+                    64 => END_OF_BLOCK_STEP,
+                    _ => this_step,
+                };
+                if entry == 0 || used + total > AC_LOOKUP_BITS {
+                    if used == 0 && entry != 0 && total <= LONGEST_SKIP {
+                        return skip(total, this_step); // one long symbol
                     }
-                    used += total;
-                    before_last = step;
-                    step += this_step;
+                    break;
                 }
-                used | step << 6 | before_last << 13
-            })
-            .collect()
+                used += total;
+                step += this_step;
+            }
+            match used {
+                0 => MISSING_SKIP,
+                _ => skip(used, step),
+            }
+        });
+        let runs: Vec<u16> = runs.collect();
+        runs.into_boxed_slice()
+            .try_into()
+            .expect("one entry per index")
     }
 
     /// The block-start table (`starts`) from the one-symbol entries.
@@ -867,8 +886,10 @@ impl<'a> Bits<'a> {
     /// 0xFF every 130 bytes, and went byte by byte for 7% of its thumbnail.
     #[cold]
     fn refill_bytewise(mut self) -> Self {
-        while self.count <= 56 {
-            let room = (64 - self.count) / 8;
+        // To 56-63 bits, as the fast path: never 64, so that a count taken mod 64
+        // (see `skipped`) is the count.
+        while self.count < 56 {
+            let room = (63 - self.count) / 8;
             if self.marker.is_some() {
                 self.padding += 8 * room;
                 self.count += 8 * room;
@@ -1023,32 +1044,44 @@ impl<'a> Bits<'a> {
     #[inline(always)]
     fn skip_ac(&mut self, table: &AcTable, mut position: u32) -> Option<()> {
         let (mut bits, mut count) = (self.bits, self.count);
-        'refilled: loop {
-            (bits, count) = self.refilled(bits, count);
+        loop {
+            (bits, count) = self.refilled(bits, count & 63);
             for _ in 0..SKIPS_PER_REFILL {
-                let entry = table.runs[(bits >> (64 - AC_LOOKUP_BITS)) as usize];
-                // Missing, or symbols that would run into the next block (whose first
-                // symbol is a DC code): one symbol the slow way.
-                if entry == 0 || position + (entry >> 13) >= 64 {
-                    let step;
-                    (self.bits, self.count) = (bits, count);
-                    (*self, step) = self.skip_long_ac(table)?;
-                    (bits, count) = (self.bits, self.count);
-                    position += step;
-                    if position >= 64 {
-                        break 'refilled;
+                let entry = u32::from(table.runs[(bits >> (64 - AC_LOOKUP_BITS)) as usize]);
+                let next = position + (entry >> 8);
+                if next >= 64 {
+                    if ends_block(next) {
+                        (bits, count) = skipped(bits, count, entry);
+                        (self.bits, self.count) = (bits, count & 63);
+                        return Some(());
                     }
-                    continue 'refilled;
+                    (self.bits, self.count) = (bits, count & 63);
+                    return self.finish_block(table, position);
                 }
-                bits = bits.wrapping_shl(entry);
-                count -= entry & 31;
-                position += entry >> 6 & 127;
-                if position >= 64 {
-                    break 'refilled;
-                }
+                (bits, count) = skipped(bits, count, entry);
+                position = next;
             }
         }
-        (self.bits, self.count) = (bits, count);
+    }
+
+    /// Steps over the rest of a block whose next skip-table entry is missing or runs
+    /// past it: entry by entry, and a symbol at a time where an entry cannot be taken.
+    #[cold]
+    fn finish_block(&mut self, table: &AcTable, mut position: u32) -> Option<()> {
+        while position < 64 {
+            self.refill();
+            let entry = u32::from(table.runs[(self.bits >> (64 - AC_LOOKUP_BITS)) as usize]);
+            let next = position + (entry >> 8);
+            if next < 64 || ends_block(next) {
+                (self.bits, self.count) = skipped(self.bits, self.count, entry);
+                self.count &= 63;
+                position = next;
+                continue;
+            }
+            let step;
+            (*self, step) = self.skip_long_ac(table)?;
+            position += step;
+        }
         Some(())
     }
 
@@ -1091,6 +1124,26 @@ impl<'a> Bits<'a> {
         }
         (self.data.get(at..at + 2)? == [0xFF, 0xD0 + n]).then(|| Bits::new(self.data, at + 2))
     }
+}
+
+/// The bit register and its count after skipping an entry's symbols. The count is
+/// taken down by the whole entry, not only its bits (in 0-5): wrapping, its low six
+/// bits stay right, and the caller masks them off before the next refill, one
+/// instruction a refill instead of two a lookup.
+#[inline(always)]
+fn skipped(bits: u64, count: u32, entry: u32) -> (u64, u32) {
+    // A shift by the whole entry: the CPU masks it to the low 6 bits, the bits.
+    (bits.wrapping_shl(entry), count.wrapping_sub(entry))
+}
+
+/// Whether a position past 63, reached by a skip-table entry from one below 64, is
+/// a block's end: exactly 64 (its last coefficient was the 63rd), or an end of block
+/// after steps that stayed within it (`END_OF_BLOCK_STEP` plus 0-63). Symbols that
+/// ran on past the block, into bits of the next, land elsewhere (65-159, or 224 and
+/// up), as does [`MISSING_SKIP`]; those are taken a symbol at a time.
+#[inline(always)]
+fn ends_block(position: u32) -> bool {
+    position == 64 || (END_OF_BLOCK_STEP..END_OF_BLOCK_STEP + 64).contains(&position)
 }
 
 /// A `size`-bit value sign-extended as JPEG's EXTEND does (F.2.2.1): values below
@@ -1331,15 +1384,64 @@ pub(super) mod tests {
         let bytes = encode(&speckles, (1, 1), 100.0);
         let table = &Frame::parse(&bytes).unwrap().components[0].ac_table;
         let symbols = AcTable::symbols(&table.codes);
-        let too_long_to_skip = (symbols.iter().zip(&table.runs))
-            .filter(|&(&symbol, &run)| u32::from(symbol & 31) > LONGEST_SKIP && run == 0)
+        let too_long_to_skip = (symbols.iter().zip(table.runs.iter()))
+            .filter(|&(&symbol, &run)| u32::from(symbol & 31) > LONGEST_SKIP && run == MISSING_SKIP)
             .count();
         assert!(
             too_long_to_skip > 0,
             "some symbols should be too long for {SKIPS_PER_REFILL} skips a refill"
         );
-        assert!(table.runs.iter().all(|&run| run & 31 <= LONGEST_SKIP));
+        assert!(table
+            .runs
+            .iter()
+            .all(|&run| u32::from(run & 63) <= LONGEST_SKIP));
         assert_same_as_libjpeg(&bytes, "speckles at q100");
+    }
+
+    #[test]
+    fn a_skip_entry_is_taken_only_where_its_symbols_stay_in_the_block() {
+        let mask = (1 << AC_LOOKUP_BITS) - 1;
+        let files = [
+            fixture("baseline-restart-420.jpg"),
+            encode(&noisy_image(), (1, 1), 100.0),
+        ];
+        for bytes in files {
+            let frame = Frame::parse(&bytes).unwrap();
+            for component in &frame.components {
+                let table = &component.ac_table;
+                let symbols = AcTable::symbols(&table.codes);
+                for index in 0..1u32 << AC_LOOKUP_BITS {
+                    let entry = u32::from(table.runs[index as usize]);
+                    // The entry's symbols one by one: steps, 64 for an end of block.
+                    let (mut steps, mut used) = (Vec::new(), 0);
+                    while used < entry & 63 {
+                        let symbol = u32::from(symbols[((index << used) & mask) as usize]);
+                        steps.push(symbol >> 5 & 127);
+                        used += symbol & 31;
+                    }
+                    for start in 1..64 {
+                        // Every symbol but the last ends inside the block; the last
+                        // ends the block at 64 at most, or is an end of block.
+                        let mut position = start;
+                        let mut inside = !steps.is_empty();
+                        for (at, &step) in steps.iter().enumerate() {
+                            position += step;
+                            let last = at + 1 == steps.len();
+                            inside &= match last {
+                                false => position < 64,
+                                true => step == 64 || position <= 64,
+                            };
+                        }
+                        let next = start + (entry >> 8);
+                        assert_eq!(
+                            next < 64 || ends_block(next),
+                            inside,
+                            "entry {entry:#x} (steps {steps:?}) from {start}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

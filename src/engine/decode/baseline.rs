@@ -54,8 +54,10 @@ const SKIPS_PER_REFILL: u32 = 3;
 /// The most bits one skip-table entry may take, so that three fit in one refill.
 /// Longer (a short code with a large value) is rare and takes the slow path.
 const LONGEST_SKIP: u32 = 56 / SKIPS_PER_REFILL;
-/// How far an end of block steps in a skip-table entry: past any position a block's
-/// symbols can reach, and short of where symbols that ran on past the block can.
+/// How far an end of block steps in a skip-table entry, where it is always the last
+/// symbol: from below 64, such an entry lands at 160-223. Symbols that ran on past
+/// the block land at 65-159 (at most six symbols of at most 16 steps after 63), or at
+/// 224 and up with an end of block among them, so the three never meet ([`ends_block`]).
 const END_OF_BLOCK_STEP: u32 = 160;
 /// The skip-table entry for bits that start no symbol it can skip: no bits, and a
 /// step that no block ends at.

@@ -1407,40 +1407,47 @@ pub(super) mod tests {
             fixture("baseline-restart-420.jpg"),
             encode(&noisy_image(), (1, 1), 100.0),
         ];
-        for bytes in files {
-            let frame = Frame::parse(&bytes).unwrap();
-            for component in &frame.components {
-                let table = &component.ac_table;
-                let symbols = AcTable::symbols(&table.codes);
-                for index in 0..1u32 << AC_LOOKUP_BITS {
-                    let entry = u32::from(table.runs[index as usize]);
-                    // The entry's symbols one by one: steps, 64 for an end of block.
-                    let (mut steps, mut used) = (Vec::new(), 0);
-                    while used < entry & 63 {
-                        let symbol = u32::from(symbols[((index << used) & mask) as usize]);
-                        steps.push(symbol >> 5 & 127);
-                        used += symbol & 31;
+        let mut tables: Vec<AcTable> = (files.iter())
+            .flat_map(|bytes| Frame::parse(bytes).unwrap().components)
+            .map(|component| (*component.ac_table).clone())
+            .collect();
+        // Long runs in 2-bit codes (ZRL, 14 zeros and a 1, 15 zeros and a 1, end of
+        // block): from 63, ZRL ZRL ZRL 0xE1 0xF1 run on to 142, which an end of block
+        // step of 128 would take for a block's end.
+        let mut counts = [0; 16];
+        counts[1] = 4;
+        let long_runs = Codes::new(counts, &[0xF0, 0xE1, 0xF1, 0x00]).unwrap();
+        tables.push(AcTable::new(&long_runs, false));
+        for table in &tables {
+            let symbols = AcTable::symbols(&table.codes);
+            for index in 0..1u32 << AC_LOOKUP_BITS {
+                let entry = u32::from(table.runs[index as usize]);
+                // The entry's symbols one by one: steps, 64 for an end of block.
+                let (mut steps, mut used) = (Vec::new(), 0);
+                while used < entry & 63 {
+                    let symbol = u32::from(symbols[((index << used) & mask) as usize]);
+                    steps.push(symbol >> 5 & 127);
+                    used += symbol & 31;
+                }
+                for start in 1..64 {
+                    // Every symbol but the last ends inside the block; the last
+                    // ends the block at 64 at most, or is an end of block.
+                    let mut position = start;
+                    let mut inside = !steps.is_empty();
+                    for (at, &step) in steps.iter().enumerate() {
+                        position += step;
+                        let last = at + 1 == steps.len();
+                        inside &= match last {
+                            false => position < 64,
+                            true => step == 64 || position <= 64,
+                        };
                     }
-                    for start in 1..64 {
-                        // Every symbol but the last ends inside the block; the last
-                        // ends the block at 64 at most, or is an end of block.
-                        let mut position = start;
-                        let mut inside = !steps.is_empty();
-                        for (at, &step) in steps.iter().enumerate() {
-                            position += step;
-                            let last = at + 1 == steps.len();
-                            inside &= match last {
-                                false => position < 64,
-                                true => step == 64 || position <= 64,
-                            };
-                        }
-                        let next = start + (entry >> 8);
-                        assert_eq!(
-                            next < 64 || ends_block(next),
-                            inside,
-                            "entry {entry:#x} (steps {steps:?}) from {start}"
-                        );
-                    }
+                    let next = start + (entry >> 8);
+                    assert_eq!(
+                        next < 64 || ends_block(next),
+                        inside,
+                        "entry {entry:#x} (steps {steps:?}) from {start}"
+                    );
                 }
             }
         }

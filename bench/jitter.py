@@ -5,9 +5,9 @@ ones when nothing but fixed work runs, one process per core.
     python3 bench/jitter.py [--items 300] [--item-ms 20]
 
 The load benchmark's p99 latencies include this. On the 2-core sandbox (a virtual
-machine on a shared host), identical work items of about 20 ms took 1.3-1.6x the
-median at p99. A server that queues requests fairly cannot have a p99 much closer to
-its median than this. Needs only the standard library.
+machine on a shared host), identical work items of about 20 ms took 1.21-1.34x the
+median at p99 (three runs). A server that queues requests fairly cannot have a p99
+much closer to its median than this. Needs only the standard library.
 """
 
 import argparse

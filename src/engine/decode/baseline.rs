@@ -706,9 +706,9 @@ struct AcTable {
     /// 6 bits, is a shift by the bits) and the coefficients they step together (8-15,
     /// taken with one shift), an end of block counting [`END_OF_BLOCK_STEP`]. When not
     /// even one symbol fits, the first one's bits and step, if they are at most
-    /// [`LONGEST_SKIP`]; else [`MISSING_SKIP`]. Two bytes an entry, so that the
-    /// tables of luma and chroma (8 KiB each) stay in L1 beside the DC ones; an array,
-    /// so that no lookup is bounds-checked. See [`ends_block`] for how a position past
+    /// [`LONGEST_SKIP`]; else [`MISSING_SKIP`]. Two bytes an entry, which the fields
+    /// need and no more (the table's size was measured not to matter); an array, so
+    /// that no lookup is bounds-checked. See [`ends_block`] for how a position past
     /// 63 tells a block's end from symbols that ran on into the next block.
     runs: Box<[u16; 1 << AC_LOOKUP_BITS]>,
     /// A block's first symbols, for 4:2:0 chroma: as many as the lookahead holds, from

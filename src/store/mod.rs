@@ -118,6 +118,64 @@ pub struct Listed {
     pub size: u64,
 }
 
+/// A stored object opened by [`Store::read_head`].
+pub enum Opened {
+    /// All of its bytes.
+    Whole(Bytes),
+    /// A directory store's file, its head read and the rest not yet.
+    File(FileRead),
+}
+
+/// A file opened by [`Store::read_head`], read as far as its head.
+pub struct FileRead {
+    head: Vec<u8>,
+    /// Positioned just past the head.
+    file: std::fs::File,
+    rest: u64,
+    pool: Arc<BufferPool>,
+    path: Path,
+}
+
+impl Opened {
+    /// The bytes read so far: all of them, or at least the head asked for.
+    pub fn head(&self) -> &[u8] {
+        match self {
+            Opened::Whole(bytes) => bytes,
+            Opened::File(file) => &file.head,
+        }
+    }
+
+    /// The length of the whole object.
+    pub fn length(&self) -> u64 {
+        match self {
+            Opened::Whole(bytes) => bytes.len() as u64,
+            Opened::File(file) => file.head.len() as u64 + file.rest,
+        }
+    }
+
+    /// All of the bytes, reading the rest of a file into a buffer from its pool: a
+    /// blocking read, for a worker or the blocking pool.
+    pub fn read(self) -> Result<Bytes> {
+        let FileRead {
+            head,
+            file,
+            rest,
+            pool,
+            path,
+        } = match self {
+            Opened::Whole(bytes) => return Ok(bytes),
+            Opened::File(file) => file,
+        };
+        let length = head.len() as u64 + rest;
+        let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
+        buffer.extend_from_slice(&head);
+        file.take(rest)
+            .read_to_end(&mut buffer)
+            .map_err(|err| Error::store_failed(format_args!("reading {path}: {err}")))?;
+        Ok(pool.freeze(buffer))
+    }
+}
+
 /// The image store: the object layout over one backend.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -316,6 +374,23 @@ impl Store {
     /// megabytes is mapped and zeroed by the kernel page by page before the copy into
     /// it: for the 10 MB camera photo, 4.5% of an uncached thumbnail's CPU.
     pub async fn read_pooled(&self, path: &Path, pool: &Arc<BufferPool>) -> Result<Option<Bytes>> {
+        // With no bound on the head, the whole object is read at once: `read` only
+        // hands it over.
+        let opened = self.read_head(path, u64::MAX, pool).await?;
+        opened.map(Opened::read).transpose()
+    }
+
+    /// The object at `path` for work that needs its first `head` bytes now and the rest
+    /// later, or `None` if there is none. A directory store's file longer than `head`
+    /// is opened and its head read; the rest is read by [`Opened::read`], on the thread
+    /// that needs it, into a buffer from `pool`. Other backends' objects, and shorter
+    /// files, are read whole at once (files into a buffer from `pool`).
+    pub async fn read_head(
+        &self,
+        path: &Path,
+        head: u64,
+        pool: &Arc<BufferPool>,
+    ) -> Result<Option<Opened>> {
         let result = match self.objects.get(path).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -323,22 +398,35 @@ impl Store {
         };
         let range = result.range.clone();
         let GetResultPayload::File(mut file, _) = result.payload else {
-            return Ok(Some(result.bytes().await?));
+            return Ok(Some(Opened::Whole(result.bytes().await?)));
         };
-        let pool = Arc::clone(pool);
+        let (pool, at) = (Arc::clone(pool), path.clone());
         let read = tokio::task::spawn_blocking(move || {
-            let length = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
-            let mut buffer = pool.take(length);
             file.seek(SeekFrom::Start(range.start))?;
-            file.take(range.end - range.start)
-                .read_to_end(&mut buffer)?;
-            Ok::<_, std::io::Error>(pool.freeze(buffer))
+            let length = range.end - range.start;
+            let opened = if length <= head {
+                let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
+                (&mut file).take(length).read_to_end(&mut buffer)?;
+                Opened::Whole(pool.freeze(buffer))
+            } else {
+                let mut first = Vec::with_capacity(head as usize);
+                (&mut file).take(head).read_to_end(&mut first)?;
+                let rest = length - first.len() as u64;
+                Opened::File(FileRead {
+                    head: first,
+                    file,
+                    rest,
+                    pool,
+                    path: at,
+                })
+            };
+            Ok::<_, std::io::Error>(opened)
         });
-        let bytes = read
+        let opened = read
             .await
             .map_err(|err| Error::internal(format!("a store read failed: {err}")))?
             .map_err(|err| Error::store_failed(format_args!("reading {path}: {err}")))?;
-        Ok(Some(bytes))
+        Ok(Some(opened))
     }
 
     /// Streams the object at `path`, or just `range` of it, or `None` if there is none.
@@ -514,6 +602,41 @@ mod tests {
             let missing = Path::from("a/b/missing");
             assert!(store.read_pooled(&missing, &pool).await.unwrap().is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_head_read_leaves_the_rest_of_a_file_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Bytes = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let path = Path::from("a/b/headed");
+        let store = Store::open(dir.path().to_str().unwrap(), &S3Settings::default()).unwrap();
+        store.put_if_absent(&path, bytes.clone()).await.unwrap();
+        let pool = Arc::new(BufferPool::new(16 << 20));
+        pool.give(Vec::with_capacity(4 << 20));
+        let opened = store.read_head(&path, 1000, &pool).await.unwrap().unwrap();
+        assert_eq!(opened.head(), &bytes[..1000]);
+        assert_eq!(opened.length(), bytes.len() as u64);
+        assert_eq!(pool.idle_bytes(), 4 << 20, "the head took a pooled buffer");
+        let read = opened.read().unwrap();
+        assert_eq!(read, bytes);
+        assert_eq!(
+            pool.idle_bytes(),
+            0,
+            "the rest was not read into the pool's buffer"
+        );
+        drop(read);
+        assert_eq!(pool.idle_bytes(), 4 << 20);
+        // A file no longer than the head, and any other backend's object, come whole.
+        let whole = store
+            .read_head(&path, 3 << 20, &pool)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&whole, Opened::Whole(read) if read == &bytes));
+        let memory = Store::open("memory://", &S3Settings::default()).unwrap();
+        memory.put_if_absent(&path, bytes.clone()).await.unwrap();
+        let whole = memory.read_head(&path, 1000, &pool).await.unwrap().unwrap();
+        assert!(matches!(&whole, Opened::Whole(read) if read == &bytes));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 
 Starts `progimage serve` on loopback with a temporary filesystem store, then sends
 `--rate` requests per second, spread over a pool of threads, of this mix: uploads of
-distinct PNGs, cached transform reads, uncached transforms (a new width each time),
-on-demand transforms, deletes of earlier uploads, and bad inputs (truncated and
-non-image uploads, bad parameters, unknown ids, a wrong method). It fails (exit 1) if:
+distinct PNGs (one in eight 360 KB of noise, the rest small), cached transform reads,
+uncached transforms (a new width each time), on-demand transforms, deletes of earlier
+uploads, and bad inputs (truncated and non-image uploads, bad parameters, unknown ids,
+a wrong method). It fails (exit 1) if:
 
 - any response is a 5xx, or a status other than the one expected for its kind
   (429 is always accepted: it is the server shedding load as designed);
@@ -39,12 +40,17 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 
-def png(width, height, seed):
-    """A small RGB PNG whose pixels depend on `seed` (so every upload is distinct)."""
-    rows = b"".join(
-        b"\x00" + bytes(((x * 7 + y * 3 + seed) % 256) for x in range(width * 3))
-        for y in range(height)
-    )
+def png(width, height, seed, noise=False):
+    """An RGB PNG whose pixels depend on `seed` (so every upload is distinct): a
+    gradient, or with `noise` random bytes, which do not compress."""
+    noisy = random.Random(seed)
+
+    def row(y):
+        if noise:
+            return noisy.randbytes(width * 3)
+        return bytes(((x * 7 + y * 3 + seed) % 256) for x in range(width * 3))
+
+    rows = b"".join(b"\x00" + row(y) for y in range(height))
 
     def chunk(kind, data):
         body = kind + data
@@ -128,7 +134,13 @@ class Soak:
             return random.choice(list(self.stored)) if self.stored else None
 
     def upload(self):
-        data = png(64 + self.next_seed() % 64, 48, self.next_seed())
+        seed = self.next_seed()
+        if seed % 8 == 0:
+            # 360 KB: longer than the head a transform reads before it queues, so the
+            # worker that takes the job reads the rest (and a delete may come between).
+            data = png(400, 300, seed, noise=True)
+        else:
+            data = png(64 + seed % 64, 48, self.next_seed())
         status, body = request(self.base, "POST", "/", data, "image/png")
         self.record("upload", status, {200, 201})
         if status in (200, 201):

@@ -120,6 +120,15 @@ impl From<object_store::Error> for Error {
     }
 }
 
+/// What a panic in image work (decoding, transforming, encoding) becomes: a decoder bug
+/// tripped by hostile bytes is a 422 for that image, logged with the panic's message,
+/// rather than a dead connection or worker.
+pub fn image_work_panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+    let message = panic_text(payload).unwrap_or("");
+    tracing::error!(panic = message, "image worker panicked");
+    Error::undecodable("the decoder failed on this image")
+}
+
 /// The message a panic carried, if it was a string (as `panic!` with a message makes).
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
     payload

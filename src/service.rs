@@ -28,7 +28,7 @@ use crate::buffers::BufferPool;
 use crate::config::Settings;
 use crate::cores::CoreSlots;
 use crate::engine::{Engine, Format, Presets, Probe, Rendered, TransformSpec};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{image_work_panicked, Error, ErrorKind, Result};
 use crate::hot::{HotCache, Source};
 use crate::metrics::{Load, Metrics};
 use crate::store::{ImageId, Lease, ObjectStream, Opened, Put, Sidecar, Store, StoredSidecar};
@@ -1085,12 +1085,11 @@ impl Drop for FlightHold<'_> {
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|err| {
-            tracing::error!(error = %err, "image worker panicked");
-            Err(Error::undecodable("the decoder failed on this image"))
-        })
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => Err(image_work_panicked(err.into_panic().as_ref())),
+        Err(_) => Err(Error::internal("the blocking pool is shutting down")),
+    }
 }
 
 #[cfg(test)]
@@ -1104,6 +1103,15 @@ mod tests {
         assert_eq!(ByteRange::From(100).resolve(100), None);
         assert_eq!(ByteRange::Suffix(10).resolve(100), Some(90..100));
         assert_eq!(ByteRange::Suffix(500).resolve(100), Some(0..100));
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_blocking_pool_is_a_422() {
+        let panicked = run_blocking(|| -> Result<()> { panic!("a decoder bug") })
+            .await
+            .unwrap_err();
+        assert_eq!(panicked.kind, ErrorKind::Undecodable);
+        assert_eq!(run_blocking(|| Ok(6 * 7)).await.unwrap(), 42);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::error::{panic_text, Error, ErrorKind, Result};
+use crate::error::{image_work_panicked, Error, ErrorKind, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -96,11 +96,7 @@ impl Workers {
             .map_err(|_| Error::internal("the transform workers have stopped"))?;
         match answer.await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => {
-                let message = panic_text(panic.as_ref()).unwrap_or("");
-                tracing::error!(panic = message, "image worker panicked");
-                Err(Error::undecodable("the decoder failed on this image"))
-            }
+            Ok(Err(panic)) => Err(image_work_panicked(panic.as_ref())),
             Err(_) => Err(Error::internal("the transform workers have stopped")),
         }
     }

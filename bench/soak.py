@@ -41,8 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 def png(width, height, seed, noise=False):
-    """An RGB PNG whose pixels depend on `seed` (so every upload is distinct): a
-    gradient, or with `noise` random bytes, which do not compress."""
+    """An RGB PNG made from `seed`, different for every seed (so every upload is
+    new): a gradient, or with `noise` random bytes, which do not compress."""
     noisy = random.Random(seed)
 
     def row(y):
@@ -61,6 +61,8 @@ def png(width, height, seed, noise=False):
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
         + chunk(b"IDAT", zlib.compress(rows))
+        # The pixels repeat every few hundred seeds; the seed in a text chunk does not.
+        + chunk(b"tEXt", b"seed\x00" + str(seed).encode())
         + chunk(b"IEND", b"")
     )
 
@@ -140,7 +142,7 @@ class Soak:
             # worker that takes the job reads the rest (and a delete may come between).
             data = png(400, 300, seed, noise=True)
         else:
-            data = png(64 + seed % 64, 48, self.next_seed())
+            data = png(64 + seed % 64, 48, seed)
         status, body = request(self.base, "POST", "/", data, "image/png")
         self.record("upload", status, {200, 201})
         if status in (200, 201):

@@ -126,7 +126,7 @@ const IDLE_UPLOAD_BUFFERS_SHARE: u64 = 4;
 /// How much of a stored original is read before its job waits for a worker: enough
 /// for the header of every photo in the test corpus (a JPEG's frame header comes after
 /// its EXIF, ICC and XMP segments: 62 KB in the furthest).
-const HEAD: u64 = 256 * 1024;
+const SOURCE_HEAD: u64 = 256 * 1024;
 
 /// How much a body of unknown length reserves at a time.
 const GROWTH: u64 = 1024 * 1024;
@@ -698,10 +698,11 @@ impl Service {
     /// shows it will not need.
     ///
     /// A source read only as far as its head is read whole by the worker, just before
-    /// decoding: jobs waiting for a worker hold no copy of their source. At 16
+    /// decoding: jobs waiting for a worker hold only the first `SOURCE_HEAD` bytes of
+    /// their source. At 16
     /// connections on the camera photo, sixteen sources read ahead of the workers were
     /// sixteen fresh 10 MB buffers whenever load rose, and their page faults held the
-    /// first second's requests up to twice as long (DECISIONS, "Sources read by the
+    /// first second's requests about twice as long (DECISIONS, "Sources read by the
     /// worker").
     async fn render(
         &self,
@@ -913,7 +914,7 @@ impl Service {
         };
         let blob = self
             .store
-            .read_head(&Store::blob_path(id), HEAD, &self.upload_buffers)
+            .read_head(&Store::blob_path(id), SOURCE_HEAD, &self.upload_buffers)
             .await?
             .ok_or_else(|| image_not_found(id))?;
         let rendered = self.render(blob, Arc::clone(spec), memory).await?;
@@ -1147,8 +1148,8 @@ mod tests {
         assert_eq!(starved.push(b"x").unwrap_err().code, "too_many_requests");
     }
 
-    /// Transforms waiting for the one worker hold no copy of their source: the worker
-    /// reads each source as it starts the job, so one pooled buffer serves them all.
+    /// Transforms waiting for the one worker hold only the head of their source: the
+    /// worker reads the rest as it starts the job, so one pooled buffer serves them all.
     #[tokio::test]
     async fn queued_transforms_read_their_source_when_a_worker_takes_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1204,7 +1205,7 @@ mod tests {
         }
         jpeg.extend_from_slice(&plain[2..]);
         let spec = Arc::new(service.transform_spec("resize(w=32)", &[], None).unwrap());
-        let head = &jpeg[..HEAD as usize];
+        let head = &jpeg[..SOURCE_HEAD as usize];
         assert_eq!(service.engine.working_memory(head, &spec), 0);
         assert!(service.engine.working_memory(&jpeg, &spec) > 0);
         let id = upload(&service, &jpeg).await;
@@ -1229,7 +1230,7 @@ mod tests {
         noise
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
-        assert!(png.len() as u64 > HEAD);
+        assert!(png.len() as u64 > SOURCE_HEAD);
         upload(service, &png).await
     }
 

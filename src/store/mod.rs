@@ -137,7 +137,7 @@ pub struct FileRead {
 }
 
 impl Opened {
-    /// The bytes read so far: all of them, or at least the head asked for.
+    /// The bytes read so far: all of them, or the head asked for.
     pub fn head(&self) -> &[u8] {
         match self {
             Opened::Whole(bytes) => bytes,
@@ -166,14 +166,23 @@ impl Opened {
             Opened::Whole(bytes) => return Ok(bytes),
             Opened::File(file) => file,
         };
-        let length = head.len() as u64 + rest;
-        let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
-        buffer.extend_from_slice(&head);
-        file.take(rest)
-            .read_to_end(&mut buffer)
-            .map_err(|err| Error::store_failed(format_args!("reading {path}: {err}")))?;
-        Ok(pool.freeze(buffer))
+        read_into_pool(&pool, &head, file, rest)
+            .map_err(|err| Error::store_failed(format_args!("reading {path}: {err}")))
     }
+}
+
+/// `head`, then the next `rest` bytes of `file`, in a buffer from `pool`.
+fn read_into_pool(
+    pool: &Arc<BufferPool>,
+    head: &[u8],
+    file: impl Read,
+    rest: u64,
+) -> std::io::Result<Bytes> {
+    let length = head.len() as u64 + rest;
+    let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
+    buffer.extend_from_slice(head);
+    file.take(rest).read_to_end(&mut buffer)?;
+    Ok(pool.freeze(buffer))
 }
 
 /// The image store: the object layout over one backend.
@@ -400,24 +409,22 @@ impl Store {
         let GetResultPayload::File(mut file, _) = result.payload else {
             return Ok(Some(Opened::Whole(result.bytes().await?)));
         };
-        let (pool, at) = (Arc::clone(pool), path.clone());
+        let (pool, file_path) = (Arc::clone(pool), path.clone());
         let read = tokio::task::spawn_blocking(move || {
             file.seek(SeekFrom::Start(range.start))?;
             let length = range.end - range.start;
             let opened = if length <= head {
-                let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
-                (&mut file).take(length).read_to_end(&mut buffer)?;
-                Opened::Whole(pool.freeze(buffer))
+                Opened::Whole(read_into_pool(&pool, &[], &mut file, length)?)
             } else {
-                let mut first = Vec::with_capacity(head as usize);
-                (&mut file).take(head).read_to_end(&mut first)?;
-                let rest = length - first.len() as u64;
+                let mut head_bytes = Vec::with_capacity(head as usize);
+                (&mut file).take(head).read_to_end(&mut head_bytes)?;
+                let rest = length - head_bytes.len() as u64;
                 Opened::File(FileRead {
-                    head: first,
+                    head: head_bytes,
                     file,
                     rest,
                     pool,
-                    path: at,
+                    path: file_path,
                 })
             };
             Ok::<_, std::io::Error>(opened)

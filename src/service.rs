@@ -128,6 +128,10 @@ const IDLE_UPLOAD_BUFFERS_SHARE: u64 = 4;
 /// its EXIF, ICC and XMP segments: 62 KB in the furthest).
 const SOURCE_HEAD: u64 = 256 * 1024;
 
+/// How much of a stored original its format is sniffed from (see `Format::sniff`: its
+/// longest signature is 12 bytes).
+const MAGIC_BYTES: u64 = 64;
+
 /// How much a body of unknown length reserves at a time.
 const GROWTH: u64 = 1024 * 1024;
 
@@ -983,8 +987,13 @@ impl Service {
                 bytes: sidecar.bytes,
             },
             None => {
-                let head = self.read_blob(id).await?;
-                let format = Format::sniff(&head).ok_or_else(|| {
+                // Its first bytes tell the format; the rest is left unread.
+                let head = self
+                    .store
+                    .read_head(&Store::blob_path(id), MAGIC_BYTES, &self.upload_buffers)
+                    .await?
+                    .ok_or_else(|| image_not_found(id))?;
+                let format = Format::sniff(head.head()).ok_or_else(|| {
                     Error::unsupported(format!(
                         "stored image {id} is not in a format the engine reads"
                     ))

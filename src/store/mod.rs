@@ -181,7 +181,10 @@ fn read_into_pool(
     let length = head.len() as u64 + rest;
     let mut buffer = pool.take(usize::try_from(length).unwrap_or(usize::MAX));
     buffer.extend_from_slice(head);
-    file.take(rest).read_to_end(&mut buffer)?;
+    if let Err(err) = file.take(rest).read_to_end(&mut buffer) {
+        pool.give(buffer);
+        return Err(err);
+    }
     Ok(pool.freeze(buffer))
 }
 

@@ -703,11 +703,10 @@ impl Service {
     ///
     /// A source read only as far as its head is read whole by the worker, just before
     /// decoding: jobs waiting for a worker hold only the first `SOURCE_HEAD` bytes of
-    /// their source. At 16
-    /// connections on the camera photo, sixteen sources read ahead of the workers were
-    /// sixteen fresh 10 MB buffers whenever load rose, and their page faults held the
-    /// first second's requests about twice as long (DECISIONS, "Sources read by the
-    /// worker").
+    /// their source. At 16 connections on the camera photo, sixteen sources read ahead
+    /// of the workers were sixteen fresh 10 MB buffers whenever load rose, and their
+    /// page faults held the first second's requests about twice as long (DECISIONS,
+    /// "Sources read by the worker").
     async fn render(
         &self,
         mut source: Opened,
@@ -1193,13 +1192,17 @@ mod tests {
     }
 
     /// A JPEG whose frame header comes after more than the head (320 KB of comments
-    /// before it) is read whole before it queues, so that its memory is reserved from
-    /// its header, and transforms as any other.
+    /// before it) is read whole before it queues, so that the memory it holds while it
+    /// waits for a worker is reserved from its header, and transforms as any other.
     #[tokio::test]
     async fn a_header_past_the_head_is_read_whole_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
-        let service = Service::new(&Settings::default(), store).unwrap();
+        let settings = Settings {
+            transform_workers: 1,
+            ..Settings::default()
+        };
+        let service = Arc::new(Service::new(&settings, store).unwrap());
         let mut plain = Vec::new();
         image::RgbImage::from_pixel(64, 48, image::Rgb([200, 40, 90]))
             .write_to(
@@ -1216,10 +1219,36 @@ mod tests {
         let spec = Arc::new(service.transform_spec("resize(w=32)", &[], None).unwrap());
         let head = &jpeg[..SOURCE_HEAD as usize];
         assert_eq!(service.engine.working_memory(head, &spec), 0);
-        assert!(service.engine.working_memory(&jpeg, &spec) > 0);
+        let working = service.engine.working_memory(&jpeg, &spec);
+        assert!(working > 0);
         let id = upload(&service, &jpeg).await;
-        let fetched = service.transform(&id, &spec, None).await.unwrap();
-        let bytes = fetched.object.collect().await.unwrap();
+
+        // The only worker is held, so that the transform waits in the queue.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::spawn({
+            let service = Arc::clone(&service);
+            async move { service.workers.run(move || Ok(held.recv().is_ok())).await }
+        });
+        let transform = tokio::spawn({
+            let service = Arc::clone(&service);
+            async move {
+                let fetched = service.transform(&id, &spec, None).await?;
+                fetched.object.collect().await
+            }
+        });
+        let started = Instant::now();
+        while service.workers.running() == 0 || service.workers.waiting() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            service.memory.reserved() >= working + jpeg.len() as u64,
+            "{} reserved while queued: not from the header",
+            service.memory.reserved()
+        );
+        release.send(()).unwrap();
+        assert!(holder.await.unwrap().unwrap());
+        let bytes = transform.await.unwrap().unwrap();
         let image = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), (32, 24));
         let pixel = image.get_pixel(16, 12).0;

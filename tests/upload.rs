@@ -137,24 +137,30 @@ async fn uploads_in_reused_buffers_store_exactly_their_own_bytes(backend: Backen
 }
 
 /// Originals of 1 MiB or more reach a directory store with `O_DIRECT` (see
-/// `store::direct`): whole on disk, and not in the page cache, where a transform,
-/// written the ordinary way, is.
+/// `store::direct`), whether sent raw or in a form: whole on disk, and not in the page
+/// cache, where a transform, written the ordinary way, is.
 #[tokio::test]
 async fn large_originals_are_written_to_a_directory_around_the_page_cache() {
     let (server, dir) = server_with_dir(Backend::Filesystem).await;
     let root = dir.unwrap();
     let mut id = String::new();
-    for (width, height) in [(700, 600), (1000, 900)] {
+    for (width, height, as_form) in [(700, 600, false), (1000, 900, false), (900, 700, true)] {
         let bytes = noise_png(width, height);
         assert!(bytes.len() > 1 << 20, "large enough to be written directly");
-        let response = server.post_raw("/", "image/png", bytes.clone()).await;
+        let response = if as_form {
+            let file = reqwest::multipart::Part::bytes(bytes.clone()).file_name("noise.png");
+            let form = reqwest::multipart::Form::new().part("image", file);
+            server.post_form("/", form).await
+        } else {
+            server.post_raw("/", "image/png", bytes.clone()).await
+        };
         assert_eq!(response.status(), StatusCode::CREATED);
         id = sha1_hex(&bytes);
         let original = root.path().join(blob_key(&id));
         let cached = pages_in_page_cache(&original);
         assert!(
             cached <= 1,
-            "{cached} pages of the original in the page cache"
+            "{cached} pages of the original in the page cache (form: {as_form})"
         );
         assert_eq!(std::fs::read(&original).unwrap(), bytes, "{width}x{height}");
     }

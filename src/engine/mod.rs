@@ -244,8 +244,9 @@ impl Engine {
     /// 6 counted, for 4:4:4), for AVIF input the AV1 decoder's frame and libavif's RGBA
     /// (8 bytes a pixel counted), and for AVIF output the AV1 encoder's own frame copies
     /// (14-17 bytes a pixel measured with libaom and rav1e on a 10 MP photo; 16
-    /// counted). `progressive: None` (not known yet) counts them for any JPEG. The EXIF orientation is not known here either, so both are assumed and
-    /// the larger taken. A reservation, not a measurement: it errs high.
+    /// counted). `progressive: None` (not known yet) counts them for any JPEG. The EXIF
+    /// orientation is not known here either, so both are assumed and the larger taken.
+    /// A reservation, not a measurement: it errs high.
     pub fn estimated_memory(
         &self,
         format: Format,

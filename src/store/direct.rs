@@ -344,6 +344,24 @@ mod tests {
         assert_eq!(std::fs::read(&deeper).unwrap(), concatenated(&other));
     }
 
+    /// A refusal (`EINVAL`, here from memory off the block boundary, as a filesystem
+    /// without `O_DIRECT` answers the open) leaves nothing behind, so that the put can
+    /// go through the page cache instead.
+    #[test]
+    fn a_refused_direct_write_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("original");
+        let room = Bytes::from(vec![7u8; (2 << 20) + 2 * BLOCK]);
+        let start = room.as_ptr().align_offset(BLOCK) + 1;
+        let misaligned = vec![room.slice(start..start + (2 << 20))];
+        assert!(matches!(
+            put_direct(&dest, &misaligned),
+            Ok(Direct::Refused)
+        ));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
+    }
+
     #[tokio::test]
     async fn every_put_arrives_whole_whichever_way_it_is_written() {
         let dir = tempfile::tempdir().unwrap();

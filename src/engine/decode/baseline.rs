@@ -362,8 +362,8 @@ fn row_to_rgb<const H: usize>(luma: &[u8], (cb, cr): (&[u8], &[u8]), rgb: &mut [
     }
 }
 
-/// SOF0/SOF1/SOF2 (the body is the same): 8-bit samples, and one (gray) or three components with the chroma
-/// sampled at 1 or 1/2 of luma each way.
+/// SOF0/SOF1/SOF2 (the body is the same): 8-bit samples, and one (gray) or three
+/// components with the chroma sampled at 1 or 1/2 of luma each way.
 pub(super) fn parse_sof(body: &[u8]) -> Option<(usize, usize, Vec<FrameComponent>)> {
     let (precision, height, width) = (*body.first()?, be16(body.get(1..)?)?, be16(body.get(3..)?)?);
     let count = usize::from(*body.get(5)?);

@@ -370,6 +370,12 @@ impl Service {
         self.max_upload_bytes
     }
 
+    /// Deletes the transform leases of work still running when the server stops (see
+    /// [`Store::release_held_leases`]); returns how many.
+    pub async fn release_held_leases(&self) -> usize {
+        self.store.release_held_leases().await
+    }
+
     /// A buffer for one upload's bytes, refusing a declared length over the limit and
     /// reserving it from the memory budget.
     pub async fn incoming(&self, declared_length: Option<u64>) -> Result<IncomingImage> {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::s3::{S3Proxy, S3Server};
 use common::{
     assert_consistent, assert_retry_later, derived_marker, noise_png, on_shared_stores, sha1_hex,
-    Backend, SharedStore, TestServer,
+    slow_source, slow_transform, stored_keys, Backend, SharedStore, TestServer,
 };
 use futures::future::join_all;
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use futures::StreamExt;
 on_shared_stores!(
     a_killed_process_loses_nothing_it_acknowledged,
     a_crashed_holders_lease_delays_others_only_until_it_expires,
+    a_computation_cut_off_by_shutdown_gives_up_its_lease,
 );
 
 #[tokio::test]
@@ -264,6 +265,43 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
         assert_consistent(&shared.store).await,
         vec![sha1_hex(&bytes)]
     );
+}
+
+/// A stop that gives up on a computation still running (no grace here) deletes the
+/// lease it held before the process exits, so that another instance asking for that
+/// transform computes it at once instead of waiting out the lease's 60 s.
+async fn a_computation_cut_off_by_shutdown_gives_up_its_lease(backend: Backend) {
+    let shared = SharedStore::new(backend);
+    let settings = tempfile::tempdir().unwrap();
+    let toml = "transform_lease_after_ms = 0\nshutdown_grace_secs = 0\n";
+    let mut instance = shared.spawn_instance_with(&settings, toml);
+    let client = reqwest::Client::new();
+    let id = instance.upload_id(&client, slow_source()).await;
+    let leases = || async {
+        let keys = stored_keys(&shared.store).await;
+        keys.into_iter()
+            .filter(|key| key.starts_with("leases/"))
+            .collect::<Vec<_>>()
+    };
+    let cut_off = tokio::spawn(client.get(instance.url(&slow_transform(&id, 3))).send());
+    let started = Instant::now();
+    while leases().await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no lease was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    instance.signal(libc::SIGTERM);
+    let status = instance
+        .wait(Duration::from_secs(20))
+        .expect("the process exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        cut_off.await.unwrap().is_err(),
+        "the computation was cut off, not answered"
+    );
+    assert_eq!(leases().await, Vec::<String>::new(), "the lease is gone");
 }
 
 /// A request body sent in 16 pieces spread over `duration`.

@@ -68,6 +68,9 @@ pub struct App {
     body_pace: slow::Pace,
 }
 
+/// How long a stopping server spends deleting the leases of work it gave up on.
+const RELEASE_LEASES_FOR: Duration = Duration::from_secs(5);
+
 /// The header that carries a request's id, in and out.
 const REQUEST_ID: &str = "x-request-id";
 
@@ -682,6 +685,13 @@ pub async fn serve_on(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(Duration::from_secs(settings.shutdown_grace_secs)) => tracing::warn!("gave up waiting for connections to finish"),
+    }
+    // Bounded, so that a store that stopped answering does not hold the exit: a lease
+    // left behind only expires.
+    match tokio::time::timeout(RELEASE_LEASES_FOR, app.service.release_held_leases()).await {
+        Ok(0) => {}
+        Ok(released) => tracing::warn!(released, "deleted the leases of transforms given up"),
+        Err(_) => tracing::warn!("gave up deleting held leases; they will expire"),
     }
     Ok(())
 }

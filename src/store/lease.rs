@@ -6,6 +6,8 @@
 //! may be removed by anyone, so a holder that crashed delays the others by at most the
 //! lease time. Leases live outside the `<h0>/<h1>/` shards and are never copied.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -35,6 +37,18 @@ pub enum Lease {
     HeldUntil(DateTime<Utc>),
     /// Nobody holds it (it was released between our two requests).
     Free,
+}
+
+/// The leases this process took and has not deleted yet, shared by every clone of its
+/// [`Store`]: what [`Store::release_held_leases`] deletes when the server stops without
+/// waiting for the work under them.
+#[derive(Debug, Default)]
+pub(super) struct HeldLeases(Mutex<HashSet<Path>>);
+
+impl HeldLeases {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<Path>> {
+        self.0.lock().expect("held leases lock")
+    }
 }
 
 impl From<Option<DateTime<Utc>>> for Lease {
@@ -74,9 +88,16 @@ impl Drop for HeldLease {
     }
 }
 
+/// Deletes a lease this process took. One it could not delete stays on the held list,
+/// for the stop to try again.
 async fn delete_lease(store: &Store, path: &Path) {
-    if let Err(err) = store.delete(path).await {
-        tracing::warn!(lease = %path, error = %err, "could not release a lease; it will expire");
+    match store.delete(path).await {
+        Ok(()) => {
+            store.held_leases.held().remove(path);
+        }
+        Err(err) => {
+            tracing::warn!(lease = %path, error = %err, "could not release a lease; it will expire")
+        }
     }
 }
 
@@ -94,12 +115,25 @@ impl Store {
         };
         let json = serde_json::to_vec(&body).expect("lease serialises");
         match self.put_if_absent(path, json.into()).await? {
-            Put::Created => Ok(Lease::Acquired(HeldLease {
-                store: self.clone(),
-                path: Some(path.clone()),
-            })),
+            Put::Created => {
+                self.held_leases.held().insert(path.clone());
+                Ok(Lease::Acquired(HeldLease {
+                    store: self.clone(),
+                    path: Some(path.clone()),
+                }))
+            }
             Put::AlreadyThere => self.lease_expiry(path).await.map(Lease::from),
         }
+    }
+
+    /// Deletes every lease this process still holds; returns how many. The server calls
+    /// it when it stops: work it stopped waiting for is dropped with the runtime, too
+    /// late for [`HeldLease`]'s drop to delete its lease, and another instance would
+    /// wait out the lease's time for a result that will not come.
+    pub async fn release_held_leases(&self) -> usize {
+        let paths: Vec<Path> = self.held_leases.held().iter().cloned().collect();
+        futures::future::join_all(paths.iter().map(|path| delete_lease(self, path))).await;
+        paths.len()
     }
 
     /// When the lease at `path` expires, or `None` if nobody holds it. A lease that
@@ -153,5 +187,31 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the dropped lease is still in the store");
+    }
+
+    /// A stop deletes what is still held and only that: a released lease is off the
+    /// list, so a stop does not delete the lease another instance took after it.
+    #[tokio::test]
+    async fn a_stop_deletes_the_leases_still_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().to_str().unwrap();
+        let [ours, other] = [(); 2].map(|()| Store::open(url, &S3Settings::default()).unwrap());
+        let ttl = Duration::from_secs(60);
+        let [released, held] = ["a/b/ab.e2.blur", "a/b/ab.e2.thumbnail.jpg"]
+            .map(|key| Store::lease_path(&Path::from(key)));
+        let Lease::Acquired(done) = ours.try_lease(&released, ttl).await.unwrap() else {
+            panic!("the lease is free");
+        };
+        done.release().await;
+        let Lease::Acquired(_others) = other.try_lease(&released, ttl).await.unwrap() else {
+            panic!("the released lease is free");
+        };
+        let Lease::Acquired(_running) = ours.try_lease(&held, ttl).await.unwrap() else {
+            panic!("the lease is free");
+        };
+        assert_eq!(ours.clone().release_held_leases().await, 1);
+        assert_eq!(ours.lease_expiry(&held).await.unwrap(), None);
+        assert!(ours.lease_expiry(&released).await.unwrap().is_some());
+        assert_eq!(ours.release_held_leases().await, 0);
     }
 }

@@ -196,6 +196,7 @@ pub struct Store {
     durable: Arc<dyn ObjectStore>,
     multipart_threshold: u64,
     multipart_part: usize,
+    held_leases: Arc<lease::HeldLeases>,
 }
 
 impl Store {
@@ -208,6 +209,7 @@ impl Store {
             durable: backend.durable,
             multipart_threshold: backend.multipart_threshold,
             multipart_part: backend.multipart_part,
+            held_leases: Arc::default(),
         })
     }
 

@@ -128,7 +128,7 @@ impl Store {
 
     /// Deletes every lease this process still holds; returns how many. The server calls
     /// it when it stops: work it stopped waiting for is dropped with the runtime, too
-    /// late for [`HeldLease`]'s drop to delete its lease, and another instance would
+    /// late for `HeldLease`'s drop to delete its lease, and another instance would
     /// wait out the lease's time for a result that will not come.
     pub async fn release_held_leases(&self) -> usize {
         let paths: Vec<Path> = self.held_leases.held().iter().cloned().collect();

@@ -690,7 +690,7 @@ pub async fn serve_on(
     // left behind only expires.
     match tokio::time::timeout(RELEASE_LEASES_FOR, app.service.release_held_leases()).await {
         Ok(0) => {}
-        Ok(released) => tracing::warn!(released, "deleted the leases of transforms given up"),
+        Ok(released) => tracing::warn!(released, "deleted the leases of work given up"),
         Err(_) => tracing::warn!("gave up deleting held leases; they will expire"),
     }
     Ok(())
